@@ -1,0 +1,126 @@
+"""The `accountability` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from tasks.config import SHAP_ENGINES, RunConfig
+from tasks.errors import InputError
+
+EXIT_INPUT_ERROR = 2
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="accountability",
+        description="Turn a PyTorch model and its data into an auditable PDF compliance report.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser(
+        "run",
+        help="load data, train the reference CNN, explain it with SHAP and render a PDF report",
+        description="Run the compliance_report Prefect flow: load -> train -> explain -> report. "
+        "Uses Prefect's local ephemeral server unless PREFECT_API_URL points at a running one.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    run.add_argument("--dataset", default=RunConfig.dataset, metavar="SPEC",
+                     help="the data: 'digits' (built in), 'cifar10:DIR' (CIFAR-10 python batches in DIR) or "
+                          "'imagefolder:DIR' (one sub-folder of images per class)")
+    run.add_argument("--epochs", type=_positive_int, default=RunConfig.epochs, metavar="N", help="training epochs")
+    run.add_argument("--background", type=_positive_int, default=RunConfig.background, metavar="N",
+                     help="training images in the SHAP background (the 'mask')")
+    run.add_argument("--explain", type=_positive_int, default=RunConfig.explain, metavar="N",
+                     help="validation images to explain (every class and misclassified ones included)")
+    run.add_argument("--seed", type=_seed, default=RunConfig.seed, metavar="N",
+                     help="seed for the split, initial weights, shuffling and image choice")
+    run.add_argument("--out", type=Path, default=RunConfig.out, metavar="DIR",
+                     help="directory under which each run gets its own new sub-directory")
+    run.add_argument("--shap-engine", choices=SHAP_ENGINES, default=RunConfig.shap_engine,
+                     help="DeepSHAP implementation")
+    run.add_argument("--verbose", action="store_true", help="show Prefect's own log lines on the console")
+    return parser
+
+
+class _HideInputErrors(logging.Filter):
+    """Keep Prefect's console quiet about InputError: the CLI prints it once, as one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, InputError) and "InputError" not in record.getMessage()
+
+
+class _HideFontNotice(logging.Filter):
+    """WeasyPrint's notice that it subsets fonts with fontTools is not the user's concern."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Using fontTools instead of HarfBuzz")
+
+
+def _quiet_console(verbose: bool) -> None:
+    """Before Prefect is imported: its console shows warnings only (the UI/API still gets every log)."""
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    import prefect.main  # noqa: F401  (sets up Prefect's logging: its console handler sits on the root logger)
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            handler.addFilter(_HideInputErrors())
+    logging.getLogger("weasyprint").addFilter(_HideFontNotice())
+
+
+def run_command(args: argparse.Namespace) -> int:
+    config = RunConfig(dataset=args.dataset, epochs=args.epochs, background=args.background,
+                       explain=args.explain, seed=args.seed, out=args.out, shap_engine=args.shap_engine)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    _quiet_console(args.verbose)
+    from flows.compliance_report import compliance_report
+
+    result = compliance_report(dataset=config.dataset, epochs=config.epochs, background=config.background,
+                               explain=config.explain, seed=config.seed, out=str(config.out),
+                               shap_engine=config.shap_engine)
+    print(f"validation accuracy: {result['validation_accuracy']:.3f}; "
+          f"largest SHAP additivity error: {result['max_additivity_error']:.2e}")
+    print(f"run directory: {result['run_dir']}")
+    print(f"report: {result['pdf']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"run": run_command}[args.command](args)
+    except InputError as exc:
+        print(f"accountability: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    except KeyboardInterrupt:
+        print("accountability: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The steps of a compliance report, as plain functions (wrapped as Prefect tasks in `flows/`)."""

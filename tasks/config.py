@@ -1,0 +1,44 @@
+"""Typed configuration of a run, validated at the edge (command line or flow parameters)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tasks.errors import InputError
+
+SHAP_ENGINES = ("shap",)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that decides what a compliance report run computes."""
+
+    dataset: str = "digits"  # dataset spec: digits | cifar10:DIR | imagefolder:DIR
+    epochs: int = 8  # training epochs
+    background: int = 200  # training images in the SHAP background ("mask")
+    explain: int = 32  # validation images explained with SHAP
+    seed: int = 0  # seeds the split, weight init, shuffling and image selection
+    out: Path = field(default=Path("reports"))  # parent directory of run directories
+    batch_size: int = 64  # training batch size
+    val_fraction: float = 0.2  # share of the data held out for validation (stratified)
+    shap_engine: str = "shap"  # DeepSHAP implementation: see SHAP_ENGINES
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "background", "explain", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise InputError(f"--{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise InputError(f"--seed must be a non-negative integer, got {self.seed!r}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise InputError(f"validation fraction must be between 0 and 1, got {self.val_fraction!r}")
+        if self.shap_engine not in SHAP_ENGINES:
+            raise InputError(f"--shap-engine must be one of {', '.join(SHAP_ENGINES)}, got {self.shap_engine!r}")
+        object.__setattr__(self, "out", Path(self.out))
+
+    def to_json(self) -> dict:
+        """Plain JSON-able parameters, as recorded in the manifest and the report."""
+        values = asdict(self)
+        values["out"] = str(self.out)
+        return values
