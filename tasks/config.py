@@ -8,6 +8,22 @@ from pathlib import Path
 from tasks.errors import InputError
 
 SHAP_ENGINES = ("shap",)
+DATASET_KINDS = ("digits", "cifar10", "imagefolder")
+
+
+def check_dataset_spec(spec: str) -> None:
+    """Cheap checks of a dataset spec, before any work starts: known kind, existing directory."""
+    kind, sep, arg = spec.partition(":")
+    if kind not in DATASET_KINDS:
+        raise InputError(f"unknown dataset spec {spec!r}: use digits, cifar10:DIR or imagefolder:DIR")
+    if kind == "digits" and sep:
+        raise InputError(f"dataset spec {spec!r}: digits takes no argument")
+    if kind != "digits":
+        if not arg:
+            raise InputError(f"dataset spec {spec!r} needs a directory: {kind}:DIR")
+        directory = Path(arg).expanduser()
+        if not directory.is_dir():
+            raise InputError(f"dataset directory {directory.resolve()} does not exist or is not a directory")
 
 
 @dataclass(frozen=True)
@@ -36,6 +52,7 @@ class RunConfig:
         if self.shap_engine not in SHAP_ENGINES:
             raise InputError(f"--shap-engine must be one of {', '.join(SHAP_ENGINES)}, got {self.shap_engine!r}")
         object.__setattr__(self, "out", Path(self.out))
+        check_dataset_spec(self.dataset)
 
     def to_json(self) -> dict:
         """Plain JSON-able parameters, as recorded in the manifest and the report."""

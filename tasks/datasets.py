@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from tasks.config import check_dataset_spec
 from tasks.errors import InputError
 
 IMAGE_SIZE = 32  # the reference CNN's input is 32x32
@@ -41,23 +42,13 @@ class ImageDataset:
 
 def load_dataset(spec: str) -> ImageDataset:
     """Read the dataset named by `spec`, or raise InputError saying what is wrong with it."""
+    check_dataset_spec(spec)
     kind, _, arg = spec.partition(":")
-    loaders = {"digits": _load_digits, "cifar10": _load_cifar10, "imagefolder": _load_imagefolder}
-    if kind not in loaders:
-        raise InputError(
-            f"unknown dataset spec {spec!r}: use digits, cifar10:DIR or imagefolder:DIR"
-        )
     if kind == "digits":
-        if arg:
-            raise InputError(f"dataset spec {spec!r}: digits takes no argument")
         dataset = _load_digits()
     else:
-        if not arg:
-            raise InputError(f"dataset spec {spec!r} needs a directory: {kind}:DIR")
-        directory = Path(arg).expanduser().resolve()
-        if not directory.is_dir():
-            raise InputError(f"dataset directory {directory} does not exist or is not a directory")
-        dataset = loaders[kind](directory)
+        loaders = {"cifar10": _load_cifar10, "imagefolder": _load_imagefolder}
+        dataset = loaders[kind](Path(arg).expanduser().resolve())
     validate_dataset(dataset)
     return dataset
 

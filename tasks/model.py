@@ -14,6 +14,8 @@ from torch import nn
 from tasks.artifacts import atomic_path
 from tasks.errors import InputError
 
+METADATA_KEY = "accountability"
+
 
 @dataclass(frozen=True)
 class CNNConfig:
@@ -50,7 +52,9 @@ def probabilities(model: nn.Module) -> nn.Sequential:
 def save_weights(path: Path, model: nn.Module, config: CNNConfig, training: dict) -> Path:
     """Write the weights as safetensors, with the model config and training parameters in its metadata."""
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    metadata = {"model_config": json.dumps(asdict(config)), "training": json.dumps(training, sort_keys=True)}
+    # One metadata key: safetensors writes its metadata map in arbitrary order, which would make
+    # the file's bytes (and hash) differ between identical runs.
+    metadata = {METADATA_KEY: json.dumps({"model_config": asdict(config), "training": training}, sort_keys=True)}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=metadata)
     return path
@@ -61,7 +65,8 @@ def load_weights(path: Path) -> tuple[nn.Sequential, CNNConfig, dict]:
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-        config_fields = json.loads(metadata["model_config"])
+        provenance = json.loads(metadata[METADATA_KEY])
+        config_fields = provenance["model_config"]
         config = CNNConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config_fields.items()})
         state = load_file(str(path))
     except (SafetensorError, OSError, KeyError, TypeError, ValueError) as exc:
@@ -73,4 +78,4 @@ def load_weights(path: Path) -> tuple[nn.Sequential, CNNConfig, dict]:
         first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
         raise InputError(f"{path}: weights do not fit the model: {first}") from None
     model.eval()
-    return model, config, json.loads(metadata.get("training", "{}"))
+    return model, config, provenance["training"]

@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny datasets in the real on-disk formats, a real (ephemeral) Prefect server."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def write_cifar10(root: Path, per_batch: int = 30, batches: tuple[str, ...] = ("data_batch_1", "test_batch"),
+                  seed: int = 0) -> Path:
+    """A tiny CIFAR-10 directory in the standard python format: root/cifar-10-batches-py/..."""
+    rng = np.random.default_rng(seed)
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    with open(base / "batches.meta", "wb") as handle:
+        pickle.dump({"label_names": CIFAR_CLASSES, "num_cases_per_batch": per_batch, "num_vis": 3072}, handle)
+    for name in batches:
+        labels = [i % 10 for i in range(per_batch)]
+        data = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
+        payload = {"batch_label": name, "labels": labels, "data": data,
+                   "filenames": [f"img_{i}.png" for i in range(per_batch)]}
+        with open(base / name, "wb") as handle:
+            pickle.dump(payload, handle, protocol=2)
+    return root
+
+
+def write_imagefolder(root: Path, classes: dict[str, int], size=(40, 28), mode="RGB", seed: int = 0) -> Path:
+    """root/<class>/<i>.png with random pixels; one brightness per class so a model can learn it."""
+    rng = np.random.default_rng(seed)
+    for k, (name, count) in enumerate(classes.items()):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            channels = 3 if mode == "RGB" else 1
+            pixels = rng.integers(0, 60, size=(size[1], size[0], channels)) + 60 * k
+            pixels = pixels.clip(0, 255).astype(np.uint8)
+            Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels, mode).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def cifar_dir(tmp_path: Path) -> Path:
+    return write_cifar10(tmp_path / "cifar")
+
+
+@pytest.fixture
+def imagefolder_dir(tmp_path: Path) -> Path:
+    return write_imagefolder(tmp_path / "images", {"cats": 12, "dogs": 12, "owls": 12})
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A real, temporary Prefect server and database for the whole session (Prefect's own test harness)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
