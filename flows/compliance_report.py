@@ -38,7 +38,7 @@ def compliance_report(
     """Train (or load) the model, explain it and render a PDF compliance report into a new run directory."""
     config = RunConfig(dataset=dataset, epochs=epochs, background=background, explain=explain, seed=seed,
                        out=Path(out), shap_engine=shap_engine)
-    loaded = load_step(config.dataset, config.out, config.seed, config.val_fraction)
+    loaded = load_step(config.dataset, config.out, config.seed, config.val_fraction, config.background, config.explain)
     run_dir = loaded["run_dir"]
     trained = train_step(loaded["train"]["path"], loaded["validation"]["path"], run_dir,
                          config.epochs, config.batch_size, config.seed)

@@ -84,10 +84,18 @@ def read_split(path: Path) -> Split:
     )
 
 
-def load_data(dataset: str, out: Path, seed: int, val_fraction: float) -> dict:
-    """Read `dataset`, create the run directory, write the two splits; return their paths and hashes."""
+def load_data(dataset: str, out: Path, seed: int, val_fraction: float, background: int = 1, explain: int = 1) -> dict:
+    """Read `dataset`, create the run directory, write the two splits; return their paths and hashes.
+
+    `background` and `explain` are the later steps' needs from the training and validation
+    splits: checked here, so that a run that cannot finish never creates its directory.
+    """
     data = load_dataset(dataset)
     train_idx, val_idx = _stratified_split(data, seed, val_fraction)
+    if background > len(train_idx):
+        raise InputError(f"--background {background} is larger than the training split ({len(train_idx)} images)")
+    if explain > len(val_idx):
+        raise InputError(f"--explain {explain} is larger than the validation split ({len(val_idx)} images)")
     run_dir = new_run_dir(out, dataset.split(":")[0])
     result = {"run_dir": str(run_dir), "dataset": data.name, "class_names": data.class_names,
               "image_shape": list(data.images.shape[1:]), "provenance": data.provenance}

@@ -14,7 +14,7 @@ from tasks import figures
 from tasks.artifacts import MANIFEST_NAME, build_manifest, sha256_file, write_manifest
 from tasks.load import read_split
 from tasks.model import load_weights
-from tasks.render import render_pdf
+from tasks.render import RunFilesFetcher, render_pdf
 from tasks.train import predict_logits
 
 ADDITIVITY_THRESHOLD = 1e-4  # on probabilities; larger residuals are flagged in the report
@@ -54,8 +54,11 @@ def describe_mistake(values: np.ndarray, true: int, pred: int, names: list[str],
 
 
 def render_report(run_dir: Path, load: dict, train: dict, explain: dict, params: dict, environment: dict,
-                  flow_run: dict) -> dict:
-    """Make the figures, render ``report.pdf`` and write ``manifest.json``; return their paths and hashes."""
+                  flow_run: dict, fetcher: RunFilesFetcher | None = None) -> dict:
+    """Make the figures, render ``report.pdf`` and write ``manifest.json``; return their paths and hashes.
+
+    `fetcher` (default: a fresh one for `run_dir`) is the only way the renderer reads files.
+    """
     run_dir = Path(run_dir)
     fig_dir = run_dir / "figures"
     train_split = read_split(Path(load["train"]["path"]))
@@ -147,7 +150,7 @@ def render_report(run_dir: Path, load: dict, train: dict, explain: dict, params:
         },
         "class_names": names,
     }
-    pdf = render_pdf("report.html.j2", context, run_dir, run_dir / "report.pdf")
+    pdf = render_pdf("report.html.j2", context, run_dir, run_dir / "report.pdf", fetcher=fetcher)
     manifest = write_manifest(run_dir, {"parameters": params, "environment": environment, "flow_run": flow_run})
     return {"pdf": {"path": str(pdf), "sha256": sha256_file(pdf)},
             "manifest": {"path": str(run_dir / MANIFEST_NAME), "sha256": sha256_file(manifest)}}

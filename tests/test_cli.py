@@ -1,0 +1,80 @@
+"""The `accountability` command as a user runs it: a real subprocess."""
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_imagefolder
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)  # the local ephemeral server, as a user's first run would use
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env=env)
+
+
+def tree_digest(root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def test_help_explains_every_option_with_its_default(tmp_path):
+    result = run_cli("run", "--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for option, default in (("--dataset", "digits"), ("--epochs", "8"), ("--background", "200"),
+                            ("--explain", "32"), ("--seed", "0"), ("--out", "reports")):
+        assert option in result.stdout
+        assert f"(default: {default})" in " ".join(result.stdout.split())
+    assert "cifar10:DIR" in result.stdout and "imagefolder:DIR" in result.stdout
+
+
+@pytest.fixture
+def earlier_run(tmp_path):
+    """An output directory that already holds a finished run (its files must stay untouched)."""
+    out = tmp_path / "reports"
+    earlier = out / "20260101T000000Z-digits-00000000"
+    (earlier / "data").mkdir(parents=True)
+    (earlier / "report.pdf").write_bytes(b"%PDF-1.7 earlier report")
+    (earlier / "data" / "train.parquet").write_bytes(b"PAR1 earlier")
+    return out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dataset", "mnist"], "unknown dataset spec 'mnist'"),
+        (["--dataset", "imagefolder:/no/such/dir"], "does not exist or is not a directory"),
+        (["--dataset", "cifar10:{tmp}"], "no CIFAR-10 batches"),
+        (["--dataset", "imagefolder:{corrupt}"], "cannot read image"),
+        (["--dataset", "imagefolder:{single}"], "single class"),
+        (["--explain", "100000", "--epochs", "1"], "--explain 100000 is larger than the validation split"),
+        (["--epochs", "0"], "argument --epochs: 0 is not a positive integer"),
+        (["--background", "-3"], "argument --background: -3 is not a positive integer"),
+    ],
+    ids=["unknown-spec", "missing-dir", "no-cifar", "corrupt-image", "one-class", "explain-too-large",
+         "zero-epochs", "negative-background"],
+)
+def test_bad_input_is_one_clear_line_and_leaves_earlier_runs_alone(tmp_path, earlier_run, args, message):
+    corrupt = write_imagefolder(tmp_path / "corrupt", {"a": 3, "b": 3})
+    (corrupt / "a" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\ngarbage")
+    single = write_imagefolder(tmp_path / "single", {"only": 4})
+    args = [a.format(tmp=tmp_path, corrupt=corrupt, single=single) for a in args]
+    before = tree_digest(earlier_run)
+    result = run_cli("run", *args, "--out", str(earlier_run), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert message in lines[-1]
+    assert "Traceback" not in result.stderr + result.stdout
+    if "argument" not in message:  # argparse errors print usage first; ours are a single line
+        assert len(lines) == 1, result.stderr
+    assert tree_digest(earlier_run) == before
+    assert [p.name for p in earlier_run.iterdir()] == ["20260101T000000Z-digits-00000000"]

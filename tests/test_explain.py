@@ -1,0 +1,81 @@
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from tasks.errors import InputError
+from tasks.explain import explain_model, select_background, select_images, shap_deep_explainer
+from tasks.load import load_data, read_split
+from tasks.train import train_model
+
+
+def test_selection_covers_every_class_and_includes_mistakes():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, size=200)
+    predicted = labels.copy()
+    wrong = rng.choice(200, size=15, replace=False)
+    predicted[wrong] = (labels[wrong] + 1) % 5
+    chosen = select_images(labels, predicted, 10, seed=0)
+    assert len(chosen) == len(set(chosen)) == 10
+    assert set(labels[chosen]) == set(range(5))
+    assert (labels[chosen] != predicted[chosen]).sum() == 5  # half the budget goes to mistakes
+    np.testing.assert_array_equal(chosen, select_images(labels, predicted, 10, seed=0))
+
+
+def test_selection_with_no_mistakes_and_too_many_asked():
+    labels = np.arange(6) % 3
+    assert sorted(select_images(labels, labels, 6, seed=1)) == list(range(6))
+    with pytest.raises(InputError, match="--explain 7 is larger than the validation split"):
+        select_images(labels, labels, 7, seed=1)
+    with pytest.raises(InputError, match="--background 7 is larger than the training split"):
+        select_background(6, 7, seed=0)
+
+
+def test_shap_values_of_a_linear_model_are_w_times_x_minus_mean():
+    """Known answer: for f(x) = w.x + b, SHAP values are w * (x - mean(background))."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2)).eval()
+    background, images = torch.randn(30, 3, 2, 2), torch.randn(4, 3, 2, 2)
+    values = shap_deep_explainer(model, background)(images)  # (4, 2, 3, 2, 2)
+    w = model[1].weight.detach().reshape(2, 3, 2, 2)
+    expected = w[None] * (images - background.mean(0))[:, None]
+    np.testing.assert_allclose(values, expected.numpy(), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def explained_run(tmp_path_factory):
+    from tests.conftest import write_imagefolder
+
+    root = write_imagefolder(tmp_path_factory.mktemp("images"), {"a": 10, "b": 10, "c": 10})
+    loaded = load_data(f"imagefolder:{root}", tmp_path_factory.mktemp("out"), seed=0, val_fraction=0.3)
+    trained = train_model(loaded["train"]["path"], loaded["validation"]["path"], loaded["run_dir"], 2, 8, 0)
+    result = explain_model(trained["weights"]["path"], loaded["train"]["path"], loaded["validation"]["path"],
+                           loaded["run_dir"], background=6, explain=5, seed=0)
+    return loaded, trained, result
+
+
+def test_explain_writes_additive_values_with_the_documented_schema(explained_run):
+    loaded, _, result = explained_run
+    table = pq.read_table(result["shap_values"]["path"])
+    assert table.schema.field("values").type == pa.list_(pa.float32(), 3 * 32 * 32)
+    assert table.num_rows == 5 * 3
+    expected = json.loads(table.schema.metadata[b"accountability.expected_values"])
+    assert expected == pytest.approx(result["expected_values"]) and sum(expected) == pytest.approx(1.0, abs=1e-5)
+
+    explained = pq.read_table(result["explained"]["path"]).to_pandas()
+    assert list(explained["position"]) == list(range(5))
+    assert set(explained["label"]) == {0, 1, 2}
+    assert result["max_additivity_error"] < 1e-5
+    assert explained["additivity_error"].max() == pytest.approx(result["max_additivity_error"])
+
+    # The additivity recorded in the file agrees with a recomputation from the values themselves.
+    values = np.stack(table.column("values").to_numpy(zero_copy_only=False)).reshape(5, 3, -1)
+    probs = np.stack(explained["probabilities"].to_numpy())
+    residual = np.abs(values.sum(-1) - (probs - np.asarray(expected))).max()
+    assert residual < 1e-5
+    assert pq.read_table(result["background"]["path"]).num_rows == 6
+    val = read_split(loaded["validation"]["path"])
+    assert set(explained["source_id"]) <= set(val.source_ids)

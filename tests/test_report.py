@@ -1,0 +1,90 @@
+import pickle
+
+import numpy as np
+import pytest
+from pypdf import PdfReader
+from weasyprint import CSS, HTML
+
+from tasks.explain import explain_model
+from tasks.load import load_data
+from tasks.provenance import environment
+from tasks.render import RunFilesFetcher, template_environment
+from tasks.report import render_report
+from tasks.train import train_model
+from tests.conftest import write_cifar10
+
+HOSTILE = ['<img src="file:///etc/passwd">', "x{background:url(file:///etc/hostname)}", "<b>bold</b> & co"]
+
+
+def pdf_text(path) -> str:
+    return "\n".join(page.extract_text() for page in PdfReader(path).pages)
+
+
+def test_jinja_environment_autoescapes():
+    env = template_environment()
+    assert env.from_string("{{ name }}").render(name="<script>x</script>") == "&lt;script&gt;x&lt;/script&gt;"
+
+
+def test_fetcher_serves_run_files_and_refuses_everything_else(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "figures").mkdir(parents=True)
+    (tmp_path / "secret.png").write_bytes(b"not for the report")
+    from PIL import Image
+
+    Image.new("RGB", (4, 4), (255, 0, 0)).save(run_dir / "figures" / "ok.png")
+    html = """<link rel="stylesheet" href="http://127.0.0.1:9/evil.css">
+    <img src="figures/ok.png"><img src="../secret.png"><img src="file:///etc/passwd">
+    <img src="data:image/png;base64,iVBORw0KGgo="><div style="background: url(file:///etc/hostname)">x</div>"""
+    fetcher = RunFilesFetcher(run_dir)
+    css = CSS(string="body { background: url(/etc/hostname) }", url_fetcher=fetcher, base_url=run_dir.as_uri() + "/")
+    HTML(string=html, base_url=run_dir.as_uri() + "/", url_fetcher=fetcher).write_pdf(tmp_path / "x.pdf", stylesheets=[css])
+    served = set(fetcher.requested) - set(fetcher.refused)
+    assert served == {(run_dir / "figures" / "ok.png").as_uri()}
+    refused = " ".join(fetcher.refused)
+    for needle in ("evil.css", "secret.png", "/etc/passwd", "/etc/hostname", "data:image/png"):
+        assert needle in refused
+
+
+@pytest.fixture(scope="module")
+def hostile_run(tmp_path_factory):
+    """A whole run (without Prefect) on a tiny CIFAR-10 directory whose class names are hostile."""
+    root = write_cifar10(tmp_path_factory.mktemp("cifar"), per_batch=40)
+    meta_path = root / "cifar-10-batches-py" / "batches.meta"
+    names = HOSTILE + [f"class {i}" for i in range(len(HOSTILE), 10)]
+    meta_path.write_bytes(pickle.dumps({"label_names": names}))
+    loaded = load_data(f"cifar10:{root}", tmp_path_factory.mktemp("out"), seed=0, val_fraction=0.5)
+    run_dir = loaded["run_dir"]
+    trained = train_model(loaded["train"]["path"], loaded["validation"]["path"], run_dir, 1, 16, 0)
+    explained = explain_model(trained["weights"]["path"], loaded["train"]["path"], loaded["validation"]["path"],
+                              run_dir, background=5, explain=4, seed=0)
+    fetcher = RunFilesFetcher(run_dir)
+    params = {"dataset": "cifar10", "epochs": 1, "background": 5, "explain": 4, "seed": 0}
+    report = render_report(run_dir, loaded, trained, explained, params, environment(), {"id": None}, fetcher=fetcher)
+    return loaded, report, fetcher
+
+
+def test_hostile_class_names_come_out_as_text(hostile_run):
+    _, report, fetcher = hostile_run
+    text = pdf_text(report["pdf"]["path"])
+    for name in HOSTILE:
+        assert name in text
+    assert fetcher.refused == []  # nothing in the report asked for a file outside the run
+
+
+def test_renderer_read_only_run_files(hostile_run):
+    loaded, _, fetcher = hostile_run
+    run_uri = loaded["run_dir"]
+    assert fetcher.requested, "the report embeds figures"
+    assert all(url.startswith("file://" + run_uri + "/figures/") for url in fetcher.requested)
+
+
+def test_report_pdf_has_every_section_and_metadata(hostile_run):
+    _, report, _ = hostile_run
+    reader = PdfReader(report["pdf"]["path"])
+    text = pdf_text(report["pdf"]["path"])
+    for heading in ("Model compliance report", "1. Summary", "2. Data", "3. Training", "4. Validation metrics",
+                    "5. Explanations", "6. Misclassified images", "7. Explanation quality",
+                    "Appendix: reproducibility", "Artifacts (SHA-256)"):
+        assert heading in text, heading
+    assert reader.metadata.title.startswith("Compliance report: cifar10:")
+    assert np.isfinite(len(reader.pages)) and len(reader.pages) >= 8
