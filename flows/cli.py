@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, default=RunConfig.out, metavar="DIR",
                      help="directory under which each run gets its own new sub-directory")
     run.add_argument("--shap-engine", choices=SHAP_ENGINES, default=RunConfig.shap_engine,
-                     help="DeepSHAP implementation")
+                     help="DeepSHAP implementation: 'fast' (this project's exact engine) or 'shap' "
+                          "(shap.DeepExplainer itself; same values, several times slower)")
     run.add_argument("--verbose", action="store_true", help="show Prefect's own log lines on the console")
     return parser
 

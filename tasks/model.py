@@ -23,7 +23,7 @@ class CNNConfig:
 
     in_channels: int  # 1 for grayscale, 3 for RGB; taken from the data
     num_classes: int  # outputs of the final 1x1 convolution
-    widths: tuple[int, ...] = (32, 32, 64, 64, 128, 128, 128)  # channels of the 7 3x3 conv layers
+    widths: tuple[int, ...] = (16, 16, 32, 32, 64, 64, 64)  # channels of the 7 3x3 conv layers
     pool_after: tuple[int, ...] = (1, 3, 6)  # 0-based conv indices followed by a 2x2 max-pool
 
 
