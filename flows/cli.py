@@ -94,10 +94,28 @@ def _quiet_console(verbose: bool) -> None:
     logging.getLogger("weasyprint").addFilter(_HideFontNotice())
 
 
+def check_prefect_api() -> None:
+    """When PREFECT_API_URL names a server, make sure it answers before any work starts."""
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
+        return
+    import httpx
+
+    try:
+        response = httpx.get(url.rstrip("/") + "/health", timeout=5.0)
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise InputError(
+            f"the Prefect API at {url} did not answer ({type(exc).__name__}: {exc}); start that server, "
+            "or unset PREFECT_API_URL to run on a local ephemeral server"
+        ) from None
+
+
 def run_command(args: argparse.Namespace) -> int:
     config = RunConfig(dataset=args.dataset, epochs=args.epochs, background=args.background,
                        explain=args.explain, seed=args.seed, out=args.out, shap_engine=args.shap_engine)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    check_prefect_api()
     _quiet_console(args.verbose)
     from flows.compliance_report import compliance_report
 

@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +12,11 @@ import pytest
 from tests.conftest import write_imagefolder
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path, api_url: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)  # the local ephemeral server, as a user's first run would use
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
     return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=600, env=env)
 
@@ -78,3 +81,15 @@ def test_bad_input_is_one_clear_line_and_leaves_earlier_runs_alone(tmp_path, ear
         assert len(lines) == 1, result.stderr
     assert tree_digest(earlier_run) == before
     assert [p.name for p in earlier_run.iterdir()] == ["20260101T000000Z-digits-00000000"]
+
+
+def test_an_unreachable_prefect_api_is_named(tmp_path):
+    with socket.socket() as sock:  # a loopback port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/api"
+    result = run_cli("run", "--out", str(tmp_path / "out"), cwd=tmp_path, api_url=url)
+    assert result.returncode == 2
+    assert f"the Prefect API at {url} did not answer" in result.stderr
+    assert "unset PREFECT_API_URL" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
