@@ -345,6 +345,9 @@ class DeepShapEngine:
             multiplier = torch.where(small, slope, ratio)
             return lambda g: g.mul_(multiplier[None])  # g is always a fresh tensor of the backward pass
         # Softmax: element-wise rescale; the softmax Jacobian at b where the logit barely moves.
+        # (shap's rule, kept for equal values. It is not additive there: class k's probability can
+        # move because other logits moved while z_k did not, and that change is then lost; measured
+        # up to ~4e-4 on one image in 640, for shap and this engine alike, in float64 too.)
         if not small.any():
             return lambda g: g * ratio[None]
         s = bp["out"][None].expand(n_x, *bp["out"].shape).reshape(delta_in.shape)[None]
