@@ -63,6 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="DeepSHAP implementation: 'fast' (this project's exact engine) or 'shap' "
                           "(shap.DeepExplainer itself; same values, several times slower)")
     run.add_argument("--verbose", action="store_true", help="show Prefect's own log lines on the console")
+
+    own = commands.add_parser(
+        "explain-image",
+        help="explain your own image file with a finished run's model",
+        description="Resize an image to the model's input, print the predicted class with its probability, "
+        "and write the SHAP image plot (PNG) and a one-page PDF, explained against the run's background.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    own.add_argument("image", type=Path, metavar="PATH", help="the image file (any format Pillow reads)")
+    own.add_argument("--run", type=Path, required=True, metavar="RUN_DIR",
+                     help="a run directory written by 'accountability run' (holds model/ and data/)")
+    own.add_argument("--out", type=Path, default=Path("explanations"), metavar="DIR",
+                     help="where to write <image>-<hash>/shap.png, explanation.pdf and explanation.json")
     return parser
 
 
@@ -129,10 +142,21 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def explain_image_command(args: argparse.Namespace) -> int:
+    from tasks.own_image import explain_image
+
+    result = explain_image(args.image, args.run, args.out)
+    print(f"predicted: {result['predicted']} (probability {result['probability']:.3f}); "
+          f"largest SHAP additivity error: {result['additivity_error']:.1e}")
+    print(f"plot: {result['png']}")
+    print(f"report: {result['pdf']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"run": run_command}[args.command](args)
+        return {"run": run_command, "explain-image": explain_image_command}[args.command](args)
     except InputError as exc:
         print(f"accountability: error: {exc}", file=sys.stderr)
         return EXIT_INPUT_ERROR

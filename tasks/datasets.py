@@ -176,7 +176,7 @@ def _load_cifar10(directory: Path) -> ImageDataset:
     )
 
 
-def _read_image(path: Path, mode: str) -> np.ndarray:
+def read_image(path: Path, mode: str) -> np.ndarray:
     """One image file as (C, IMAGE_SIZE, IMAGE_SIZE) float32, without decoding huge images in full."""
     try:
         with warnings.catch_warnings():
@@ -213,7 +213,7 @@ def _load_imagefolder(directory: Path) -> ImageDataset:
     if not files:
         raise InputError(f"image folder {directory} holds no images")
     mode = "L" if all(_is_grayscale(path) for path, _ in files) else "RGB"
-    images = np.stack([_read_image(path, mode) for path, _ in files])
+    images = np.stack([read_image(path, mode) for path, _ in files])
     return ImageDataset(
         name=f"imagefolder:{directory}",
         images=images,

@@ -1,0 +1,67 @@
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+from pypdf import PdfReader
+
+from tasks.errors import InputError
+from tasks.explain import explain_model
+from tasks.load import load_data
+from tasks.own_image import explain_image
+from tasks.train import train_model
+from tests.conftest import write_imagefolder
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    root = write_imagefolder(tmp_path_factory.mktemp("images"), {"dark": 10, "mid": 10, "light": 10})
+    loaded = load_data(f"imagefolder:{root}", tmp_path_factory.mktemp("out"), seed=0, val_fraction=0.3)
+    trained = train_model(loaded["train"]["path"], loaded["validation"]["path"], loaded["run_dir"], 2, 8, 0)
+    explain_model(trained["weights"]["path"], loaded["train"]["path"], loaded["validation"]["path"],
+                  loaded["run_dir"], background=6, explain=3, seed=0)
+    return root, loaded["run_dir"]
+
+
+def test_own_image_gets_a_prediction_plot_and_one_page_pdf(finished_run, tmp_path):
+    root, run_dir = finished_run
+    photo = tmp_path / "my photo.jpg"
+    Image.open(root / "light" / "0.png").resize((300, 200)).save(photo)  # any size, another format
+    result = explain_image(photo, run_dir, tmp_path / "out")
+    assert result["predicted"] in {"dark", "mid", "light"} and 0 < result["probability"] <= 1
+    assert result["additivity_error"] < 1e-5
+    assert Image.open(result["png"]).format == "PNG"
+    reader = PdfReader(result["pdf"])
+    assert len(reader.pages) == 1
+    text = reader.pages[0].extract_text()
+    assert "my photo.jpg" in text and f"predicts {result['predicted']}" in " ".join(text.split())
+    record = json.loads((tmp_path / "out").glob("*/explanation.json").__next__().read_text())
+    assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_file_that_is_not_an_image_is_refused(finished_run, tmp_path):
+    _, run_dir = finished_run
+    fake = tmp_path / "notes.png"
+    fake.write_text("not an image")
+    with pytest.raises(InputError, match="cannot read image .*notes.png"):
+        explain_image(fake, run_dir, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_directory_that_is_not_a_run_is_refused(finished_run, tmp_path):
+    root, _ = finished_run
+    with pytest.raises(InputError, match="not a finished run directory: model/model.safetensors is missing"):
+        explain_image(root / "dark" / "0.png", tmp_path, tmp_path / "out")
+
+
+def test_cli_prints_prediction_and_paths(finished_run, tmp_path):
+    root, run_dir = finished_run
+    result = subprocess.run([sys.executable, "-m", "flows.cli", "explain-image", str(root / "dark" / "1.png"),
+                             "--run", run_dir, "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("predicted: ") and "report: " in result.stdout
+    bad = subprocess.run([sys.executable, "-m", "flows.cli", "explain-image", str(tmp_path / "missing.png"),
+                          "--run", run_dir], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "does not exist" in bad.stderr
