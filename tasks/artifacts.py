@@ -66,15 +66,6 @@ def write_parquet_atomic(path: Path, table: pa.Table) -> Path:
     return path
 
 
-def inside(root: Path, candidate: Path) -> Path:
-    """Resolve `candidate` (relative to `root`) and refuse it if it escapes `root`."""
-    root = root.resolve()
-    resolved = (root / candidate).resolve()
-    if resolved != root and root not in resolved.parents:
-        raise InputError(f"path {candidate} escapes the directory {root}")
-    return resolved
-
-
 def new_run_dir(out: Path, dataset_slug: str) -> Path:
     """Create a fresh, uniquely named run directory under `out` (never reuses one)."""
     out = Path(out).expanduser().resolve()

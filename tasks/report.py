@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from tasks import figures
 from tasks.artifacts import MANIFEST_NAME, build_manifest, sha256_file, write_manifest
+from tasks.inspect_weights import NEAR_ZERO, first_conv_filters, weight_histograms, write_weight_statistics
 from tasks.load import read_split
 from tasks.model import load_weights
 from tasks.render import RunFilesFetcher, render_pdf
@@ -71,6 +72,7 @@ def render_report(run_dir: Path, load: dict, train: dict, explain: dict, params:
     expected = json.loads(values_meta["accountability.expected_values"])
 
     model, model_config, training = load_weights(Path(train["weights"]["path"]))
+    weight_stats = write_weight_statistics(model, run_dir / "inspect" / "weights.parquet")
     val_pred = predict_logits(model, val_split.images).argmax(1).numpy()
 
     figs = {
@@ -78,6 +80,8 @@ def render_report(run_dir: Path, load: dict, train: dict, explain: dict, params:
                                        MAX_SAMPLE_IMAGES),
         "curves": figures.training_curves(metrics, fig_dir / "training_curves.png"),
         "confusion": figures.confusion_matrix(val_split.labels, val_pred, names, fig_dir / "confusion_matrix.png"),
+        "weights": weight_histograms(model, fig_dir / "weight_histograms.png"),
+        "filters": first_conv_filters(model, fig_dir / "first_conv_filters.png"),
         "additivity": figures.additivity_histogram(explained["additivity_error"].to_numpy(), ADDITIVITY_THRESHOLD,
                                                    fig_dir / "additivity.png"),
     }
@@ -132,6 +136,11 @@ def render_report(run_dir: Path, load: dict, train: dict, explain: dict, params:
             "epochs": metrics.pivot(index="epoch", columns="split", values=["loss", "accuracy"]).reset_index()
                              .to_dict("records"),
             "settings": training,
+        },
+        "weights": {
+            "table": weight_stats.to_dict("records"), "near_zero": NEAR_ZERO,
+            "histograms": figs["weights"].relative_to(run_dir).as_posix(),
+            "filters": figs["filters"].relative_to(run_dir).as_posix(),
         },
         "validation": {
             "classes": last_val.to_dict("records"),

@@ -10,7 +10,8 @@ from pypdf import PdfReader
 
 from tasks.artifacts import sha256_file
 
-SECTIONS = ("Model compliance report", "1. Summary", "2. Data", "3. Training", "4. Validation metrics",
+SECTIONS = ("Model compliance report", "1. Summary", "2. Data", "3. Training",
+            "Weights and biases", "4. Validation metrics",
             "5. Explanations", "6. Misclassified images", "7. Explanation quality", "Appendix: reproducibility")
 
 

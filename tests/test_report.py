@@ -82,8 +82,9 @@ def test_report_pdf_has_every_section_and_metadata(hostile_run):
     _, report, _ = hostile_run
     reader = PdfReader(report["pdf"]["path"])
     text = pdf_text(report["pdf"]["path"])
-    for heading in ("Model compliance report", "1. Summary", "2. Data", "3. Training", "4. Validation metrics",
-                    "5. Explanations", "6. Misclassified images", "7. Explanation quality",
+    for heading in ("Model compliance report", "1. Summary", "2. Data", "3. Training",
+                    "Weights and biases", "4. Validation metrics", "5. Explanations",
+                    "6. Misclassified images", "7. Explanation quality",
                     "Appendix: reproducibility", "Artifacts (SHA-256)"):
         assert heading in text, heading
     assert reader.metadata.title.startswith("Compliance report: cifar10:")

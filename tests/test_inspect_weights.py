@@ -1,0 +1,35 @@
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from tasks.inspect_weights import first_conv_filters, weight_histograms, write_weight_statistics
+
+
+def test_statistics_have_known_answers(tmp_path):
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2, 2))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.arange(18.0).reshape(2, 1, 3, 3) / 10)  # 0.0 .. 1.7
+        model[0].bias.zero_()
+        model[2].weight.fill_(-2.0)
+        model[2].bias.copy_(torch.tensor([3.0, 4.0]))
+    stats = write_weight_statistics(model, tmp_path / "weights.parquet")
+    assert list(stats["layer"]) == ["0", "0", "2", "2"] and list(stats["tensor"]) == ["weight", "bias"] * 2
+    conv = stats.iloc[0]
+    assert conv["shape"] == "2x1x3x3" and conv["count"] == 18 and conv["module"] == "Conv2d"
+    assert conv["mean"] == pytest.approx(0.85) and conv["max"] == pytest.approx(1.7)
+    assert conv["near_zero_share"] == pytest.approx(1 / 18)
+    assert stats.iloc[1]["near_zero_share"] == 1.0  # zero bias
+    assert stats.iloc[3]["l2_norm"] == pytest.approx(5.0) and stats.iloc[2]["l1_norm"] == pytest.approx(8.0)
+    assert pq.read_table(tmp_path / "weights.parquet").num_rows == 4
+
+
+def test_figures_are_png(tmp_path):
+    from tasks.model import CNNConfig, build_reference_cnn
+
+    model = build_reference_cnn(CNNConfig(in_channels=3, num_classes=4))
+    for path in (weight_histograms(model, tmp_path / "h.png"), first_conv_filters(model, tmp_path / "f.png")):
+        image = Image.open(path)
+        assert image.format == "PNG" and np.asarray(image).std() > 0
