@@ -14,6 +14,7 @@ from prefect.runtime import flow_run
 
 from tasks.config import RunConfig
 from tasks.explain import explain_model
+from tasks.gradients import gradient_attributions
 from tasks.load import load_data
 from tasks.provenance import environment
 from tasks.report import render_report
@@ -22,6 +23,7 @@ from tasks.train import train_model
 load_step = task(load_data, name="load")
 train_step = task(train_model, name="train")
 explain_step = task(explain_model, name="explain", tags=["gpu"])
+gradients_step = task(gradient_attributions, name="gradients")
 report_step = task(render_report, name="report")
 
 
@@ -44,8 +46,10 @@ def compliance_report(
                          config.epochs, config.batch_size, config.seed)
     explained = explain_step(trained["weights"]["path"], loaded["train"]["path"], loaded["validation"]["path"],
                              run_dir, config.background, config.explain, config.seed, config.shap_engine)
+    gradients = gradients_step(trained["weights"]["path"], loaded["train"]["path"], loaded["validation"]["path"],
+                               explained["explained"]["path"], explained["background"]["path"], run_dir)
     run_info = {"id": flow_run.get_id(), "name": flow_run.get_name(), "url": flow_run.get_flow_run_ui_url()}
-    report = report_step(run_dir, loaded, trained, explained, config.to_json(), environment(), run_info)
+    report = report_step(run_dir, loaded, trained, explained, config.to_json(), environment(), run_info, gradients)
     publish_artifacts(run_dir, trained, explained, report)
     return {"run_dir": run_dir, "pdf": report["pdf"]["path"], "manifest": report["manifest"]["path"],
             "validation_accuracy": trained["final_validation"]["accuracy"],

@@ -112,3 +112,23 @@ def additivity_histogram(errors: np.ndarray, threshold: float, path: Path) -> Pa
     ax.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def gradient_grid(images: np.ndarray, saliency: np.ndarray, ig: np.ndarray, titles: list[str], path: Path) -> Path:
+    """One row per image: the image, its saliency map and its Integrated Gradients map (summed over channels)."""
+    n = len(images)
+    fig, axes = plt.subplots(n, 3, figsize=(4.2, 1.35 * n), squeeze=False)
+    for row, image, sal, attr, title in zip(axes, images, saliency, ig, titles):
+        row[0].imshow(to_display(image), cmap="gray", vmin=0, vmax=1)
+        row[0].set_title(title, fontsize=6)
+        row[1].imshow(sal.max(0), cmap="magma")
+        row[1].set_title("saliency |grad|", fontsize=6)
+        attr_map = attr.sum(0)
+        limit = float(np.abs(attr_map).max()) or 1e-12
+        row[2].imshow(image.mean(0), cmap="gray", alpha=0.15)
+        row[2].imshow(attr_map, cmap=red_transparent_blue, vmin=-limit, vmax=limit)
+        row[2].set_title("integrated gradients", fontsize=6)
+        for ax in row:
+            ax.axis("off")
+    fig.tight_layout()
+    return _save(fig, path)

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from tasks import figures
 from tasks.artifacts import MANIFEST_NAME, build_manifest, sha256_file, write_manifest
+from tasks.gradients import IG_STEPS
 from tasks.inspect_weights import NEAR_ZERO, first_conv_filters, weight_histograms, write_weight_statistics
 from tasks.load import read_split
 from tasks.model import load_weights
@@ -54,8 +55,28 @@ def describe_mistake(values: np.ndarray, true: int, pred: int, names: list[str],
     )
 
 
+MAX_GRADIENT_ROWS = 8  # images shown in the gradient attribution figure
+
+
+def gradient_section(run_dir: Path, gradients: dict, val_split, names: list[str]) -> dict:
+    """The report's gradient attribution part: a figure of saliency and IG maps, and IG's completeness."""
+    table = pq.read_table(gradients["gradients"]["path"]).to_pandas()
+    shape = val_split.images.shape[1:]
+    index = {sid: i for i, sid in enumerate(val_split.source_ids)}
+    shown = table.head(MAX_GRADIENT_ROWS)
+    figure = figures.gradient_grid(
+        val_split.images[[index[s] for s in shown["source_id"]]],
+        np.stack(shown["saliency"].to_numpy()).reshape(-1, *shape),
+        np.stack(shown["integrated_gradients"].to_numpy()).reshape(-1, *shape),
+        [f"{sid[:22]}\nclass {names[k][:12]}" for sid, k in zip(shown["source_id"], shown["class_index"])],
+        run_dir / "figures" / "gradients.png")
+    errors = table["ig_completeness_error"].to_numpy()
+    return {"figure": figure.relative_to(run_dir).as_posix(), "max": float(errors.max()),
+            "mean": float(errors.mean()), "n": len(table), "shown": len(shown), "steps": IG_STEPS}
+
+
 def render_report(run_dir: Path, load: dict, train: dict, explain: dict, params: dict, environment: dict,
-                  flow_run: dict, fetcher: RunFilesFetcher | None = None) -> dict:
+                  flow_run: dict, gradients: dict | None = None, fetcher: RunFilesFetcher | None = None) -> dict:
     """Make the figures, render ``report.pdf`` and write ``manifest.json``; return their paths and hashes.
 
     `fetcher` (default: a fresh one for `run_dir`) is the only way the renderer reads files.
@@ -148,6 +169,7 @@ def render_report(run_dir: Path, load: dict, train: dict, explain: dict, params:
             "final": final,
         },
         "cases": cases,
+        "gradients": gradient_section(run_dir, gradients, val_split, names) if gradients else None,
         "quality": {
             "max": float(errors.max()), "mean": float(errors.mean()), "threshold": ADDITIVITY_THRESHOLD,
             "over": int((errors > ADDITIVITY_THRESHOLD).sum()),

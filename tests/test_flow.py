@@ -11,7 +11,7 @@ from pypdf import PdfReader
 from tasks.artifacts import sha256_file
 
 SECTIONS = ("Model compliance report", "1. Summary", "2. Data", "3. Training",
-            "Weights and biases", "4. Validation metrics",
+            "Weights and biases", "4. Validation metrics", "Gradient attribution",
             "5. Explanations", "6. Misclassified images", "7. Explanation quality", "Appendix: reproducibility")
 
 
@@ -71,7 +71,7 @@ def test_the_server_recorded_four_task_runs_and_the_artifacts(flow_result):
 
     flow_run, task_runs, artifacts = asyncio.run(query())
     assert flow_run.state.is_completed()
-    assert sorted(t.name.rsplit("-", 1)[0] for t in task_runs) == ["explain", "load", "report", "train"]
+    assert sorted(t.name.rsplit("-", 1)[0] for t in task_runs) == ["explain", "gradients", "load", "report", "train"]
     assert all(t.state.is_completed() for t in task_runs)
     assert "gpu" in next(t for t in task_runs if t.name.startswith("explain")).tags
     assert {a["key"] for a in artifacts} >= {"compliance-summary", "validation-metrics", "report-pdf"}
