@@ -1,6 +1,7 @@
 """The `accountability` command as a user runs it: a real subprocess."""
 
 import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tasks.artifacts import sha256_file
 from tests.conftest import write_imagefolder
 
 
@@ -93,3 +95,24 @@ def test_an_unreachable_prefect_api_is_named(tmp_path):
     assert f"the Prefect API at {url} did not answer" in result.stderr
     assert "unset PREFECT_API_URL" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_two_runs_at_once_into_one_output_directory_both_finish(tmp_path):
+    images = write_imagefolder(tmp_path / "images", {"a": 10, "b": 10, "c": 10})
+    out = tmp_path / "reports"
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("PREFECT_API_URL", None)
+    args = [sys.executable, "-m", "flows.cli", "run", "--dataset", f"imagefolder:{images}", "--epochs", "1",
+            "--background", "5", "--explain", "3", "--out", str(out)]
+    runs = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    outputs = [run.communicate(timeout=600) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err for _, err in outputs]
+    run_dirs = sorted(out.iterdir())
+    assert len(run_dirs) == 2
+    for run_dir in run_dirs:
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        assert "report.pdf" in manifest["files"]
+        for rel, info in manifest["files"].items():
+            assert sha256_file(run_dir / rel) == info["sha256"], rel
