@@ -76,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a run directory written by 'accountability run' (holds model/ and data/)")
     own.add_argument("--out", type=Path, default=Path("explanations"), metavar="DIR",
                      help="where to write <image>-<hash>/shap.png, explanation.pdf and explanation.json")
+
+    verify = commands.add_parser(
+        "verify",
+        help="re-hash a run directory against its manifest (exit 1 on any change)",
+        description="Re-compute the SHA-256 of every file of a run directory, report report.pdf or any other "
+        "artifact that changed, went missing or was added since manifest.json was written; exit 1 if any did.",
+    )
+    verify.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory written by 'accountability run'")
     return parser
 
 
@@ -153,10 +161,21 @@ def explain_image_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def verify_command(args: argparse.Namespace) -> int:
+    from tasks.verify import verify_run
+
+    problems = verify_run(args.run_dir)
+    for problem in problems:
+        print(problem)
+    print(f"{args.run_dir}: {'TAMPERED: ' + str(len(problems)) + ' difference(s)' if problems else 'intact'}")
+    return 1 if problems else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    commands = {"run": run_command, "explain-image": explain_image_command, "verify": verify_command}
     try:
-        return {"run": run_command, "explain-image": explain_image_command}[args.command](args)
+        return commands[args.command](args)
     except InputError as exc:
         print(f"accountability: error: {exc}", file=sys.stderr)
         return EXIT_INPUT_ERROR

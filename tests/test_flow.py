@@ -41,6 +41,9 @@ def test_flow_writes_a_complete_run_directory(flow_result):
     assert set(manifest["files"]) == on_disk
     for rel, info in manifest["files"].items():
         assert sha256_file(run_dir / rel) == info["sha256"], rel
+    from tasks.verify import verify_run
+
+    assert verify_run(run_dir) == []
     assert manifest["flow_run"]["id"] and manifest["parameters"]["epochs"] == 1
 
     assert pq.read_schema(run_dir / "data" / "train.parquet").field("image").type == pa.list_(pa.float32(), 1024)

@@ -1,0 +1,32 @@
+"""Check a run directory against its manifest: every file's SHA-256, and no file missing or added."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tasks.artifacts import MANIFEST_NAME, build_manifest
+from tasks.errors import InputError
+
+
+def verify_run(run_dir: Path) -> list[str]:
+    """The differences between `run_dir` and its manifest.json, one line each (empty: intact)."""
+    run_dir = Path(run_dir).expanduser().resolve()
+    manifest_path = run_dir / MANIFEST_NAME
+    try:
+        recorded = json.loads(manifest_path.read_text())["files"]
+    except FileNotFoundError:
+        raise InputError(f"{run_dir} has no {MANIFEST_NAME}: not a finished run directory") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{manifest_path} is not a manifest written by accountability: {exc}") from None
+    actual = build_manifest(run_dir)["files"]
+    problems = []
+    for rel in sorted(set(recorded) | set(actual)):
+        if rel not in actual:
+            problems.append(f"missing: {rel}")
+        elif rel not in recorded:
+            problems.append(f"not in the manifest: {rel}")
+        elif actual[rel]["sha256"] != recorded[rel].get("sha256"):
+            problems.append(f"changed: {rel} (SHA-256 {actual[rel]['sha256'][:16]}..., "
+                            f"manifest says {str(recorded[rel].get('sha256'))[:16]}...)")
+    return problems

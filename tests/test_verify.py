@@ -1,0 +1,54 @@
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tasks.artifacts import write_manifest
+from tasks.errors import InputError
+from tasks.verify import verify_run
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    run = tmp_path / "run"
+    (run / "data").mkdir(parents=True)
+    (run / "data" / "train.parquet").write_bytes(b"PAR1 some data PAR1")
+    (run / "report.pdf").write_bytes(b"%PDF-1.7 the report")
+    write_manifest(run)
+    return run
+
+
+def test_intact_run_verifies(run_dir):
+    assert verify_run(run_dir) == []
+
+
+@pytest.mark.parametrize("name", ["report.pdf", "data/train.parquet"])
+def test_one_changed_byte_in_any_artifact_is_caught(run_dir, name):
+    path = run_dir / name
+    data = bytearray(path.read_bytes())
+    data[5] ^= 0x01
+    path.write_bytes(bytes(data))
+    assert [p.split(" (")[0] for p in verify_run(run_dir)] == [f"changed: {name}"]
+
+
+def test_missing_and_added_files_are_caught(run_dir):
+    (run_dir / "data" / "train.parquet").unlink()
+    shutil.copy(run_dir / "report.pdf", run_dir / "extra.pdf")
+    assert verify_run(run_dir) == ["missing: data/train.parquet", "not in the manifest: extra.pdf"]
+
+
+def test_cli_exit_codes(run_dir, tmp_path):
+    command = [sys.executable, "-m", "flows.cli", "verify", str(run_dir)]
+    assert subprocess.run(command, capture_output=True, text=True).returncode == 0
+    (run_dir / "report.pdf").write_bytes(b"%PDF-1.7 a different report")
+    tampered = subprocess.run(command, capture_output=True, text=True)
+    assert tampered.returncode == 1 and "changed: report.pdf" in tampered.stdout and "TAMPERED" in tampered.stdout
+    not_a_run = subprocess.run([sys.executable, "-m", "flows.cli", "verify", str(tmp_path)],
+                               capture_output=True, text=True)
+    assert not_a_run.returncode == 2 and "no manifest.json" in not_a_run.stderr
+
+
+def test_not_a_run_directory(tmp_path):
+    with pytest.raises(InputError, match="not a finished run directory"):
+        verify_run(tmp_path)
