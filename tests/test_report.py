@@ -89,3 +89,42 @@ def test_report_pdf_has_every_section_and_metadata(hostile_run):
         assert heading in text, heading
     assert reader.metadata.title.startswith("Compliance report: cifar10:")
     assert np.isfinite(len(reader.pages)) and len(reader.pages) >= 8
+
+
+_OPENED: list[str] | None = None  # set while a test records the files Python opens
+
+
+def _record_opens(event: str, args: tuple) -> None:
+    if _OPENED is not None and event == "open" and isinstance(args[0], (str, bytes)):
+        _OPENED.append(args[0].decode() if isinstance(args[0], bytes) else args[0])
+
+
+def test_rendering_opens_no_file_outside_the_run_except_code_and_templates(tmp_path):
+    """An audit hook records every file Python opens while the hostile-content report renders."""
+    import sys
+    import sysconfig
+    from pathlib import Path
+
+    from PIL import Image
+
+    from tasks.render import TEMPLATES_DIR, render_pdf
+
+    global _OPENED
+    run_dir = tmp_path / "run"
+    (run_dir / "figures").mkdir(parents=True)
+    Image.new("RGB", (8, 8), (0, 128, 255)).save(run_dir / "figures" / "plot.png")
+    (tmp_path / "secret.png").write_bytes((run_dir / "figures" / "plot.png").read_bytes())
+    context = {"name": HOSTILE[0], "figure": "figures/plot.png", "escape": "../secret.png",
+               "css": "x{background:url(file:///etc/hostname)}"}
+    sys.addaudithook(_record_opens)  # hooks cannot be removed; it records only while _OPENED is a list
+    _OPENED = []
+    try:
+        render_pdf("audit_probe.html.j2", context, run_dir, run_dir / "probe.pdf")
+    finally:
+        opened, _OPENED = _OPENED, None
+    allowed = [run_dir.resolve(), TEMPLATES_DIR, Path(sysconfig.get_paths()["purelib"]).resolve(),
+               Path(sysconfig.get_paths()["stdlib"]).resolve(), Path(sys.prefix).resolve()]
+    outside = [p for p in opened if not any(Path(p).resolve().is_relative_to(root) for root in allowed)]
+    assert outside == []
+    assert any(Path(p).resolve() == (run_dir / "figures" / "plot.png").resolve() for p in opened)
+    assert not any("secret" in p or p.startswith("/etc/") for p in opened)
