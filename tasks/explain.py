@@ -23,7 +23,7 @@ import torch
 from tasks.artifacts import atomic_path, sha256_file, write_parquet_atomic
 from tasks.deep_shap import DeepShapEngine, UnsupportedModelError
 from tasks.errors import InputError
-from tasks.load import read_split
+from tasks.load import Split, read_split
 from tasks.model import load_weights, probabilities
 from tasks.progress import progress_bar
 
@@ -59,6 +59,12 @@ def select_images(labels: np.ndarray, predicted: np.ndarray, size: int, seed: in
     chosen += _round_robin(right, labels, size - len(chosen), exclude=set(chosen))
     chosen += [i for i in order if i not in set(chosen)][: size - len(chosen)]
     return np.array(chosen[:size], dtype=np.int64)
+
+
+def background_images(train: Split, background_path: Path) -> np.ndarray:
+    """The training images a run used as its SHAP background, from ``explain/background.parquet``."""
+    wanted = set(pq.read_table(background_path).column("source_id").to_pylist())
+    return train.images[[i for i, sid in enumerate(train.source_ids) if sid in wanted]]
 
 
 def _round_robin(candidates: list[int], labels: np.ndarray, size: int, exclude: set | None = None) -> list[int]:

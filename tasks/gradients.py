@@ -17,6 +17,7 @@ import torch
 from captum.attr import IntegratedGradients, Saliency
 
 from tasks.artifacts import sha256_file, write_parquet_atomic
+from tasks.explain import background_images
 from tasks.load import read_split
 from tasks.model import load_weights, probabilities
 
@@ -44,8 +45,7 @@ def gradient_attributions(weights_path: Path, train_path: Path, validation_path:
     prob_model = probabilities(model).eval()
     train, val = read_split(Path(train_path)), read_split(Path(validation_path))
     explained = pq.read_table(explained_path).to_pandas()
-    wanted = set(pq.read_table(background_path).column("source_id").to_pylist())
-    baseline = torch.from_numpy(train.images[[i for i, s in enumerate(train.source_ids) if s in wanted]].mean(0))
+    baseline = torch.from_numpy(background_images(train, Path(background_path)).mean(0))
     index = {sid: i for i, sid in enumerate(val.source_ids)}
     images = torch.from_numpy(val.images[[index[s] for s in explained["source_id"]]])
     targets = torch.from_numpy(explained["predicted"].to_numpy())

@@ -6,13 +6,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from tasks.artifacts import sha256_file, write_json_atomic
 from tasks.datasets import read_image
 from tasks.deep_shap import DeepShapEngine
 from tasks.errors import InputError
+from tasks.explain import background_images
 from tasks.figures import shap_image_plot
 from tasks.load import read_split
 from tasks.model import load_weights, probabilities
@@ -34,8 +34,7 @@ def explain_image(image_path: Path, run_dir: Path, out_dir: Path) -> dict:
     mode = "L" if config.in_channels == 1 else "RGB"
     image = read_image(image_path, mode)  # (C, 32, 32) in [0, 1], or InputError naming the file
     train = read_split(train_path)
-    wanted = set(pq.read_table(background_path).column("source_id").to_pylist())
-    background = train.images[[i for i, sid in enumerate(train.source_ids) if sid in wanted]]
+    background = background_images(train, background_path)
     if image.shape != train.images.shape[1:]:
         raise InputError(f"image {image_path} became {image.shape}; the model takes {train.images.shape[1:]}")
 
