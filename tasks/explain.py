@@ -23,7 +23,7 @@ import torch
 from tasks.artifacts import atomic_path, sha256_file, write_parquet_atomic
 from tasks.deep_shap import DeepShapEngine, UnsupportedModelError
 from tasks.errors import InputError
-from tasks.load import Split, read_split
+from tasks.load import Split, read_split, require_images
 from tasks.model import load_weights, probabilities
 from tasks.progress import progress_bar
 
@@ -37,8 +37,7 @@ def choose_device() -> torch.device:
 
 def select_background(n_train: int, size: int, seed: int) -> np.ndarray:
     """`size` distinct training indices, drawn with `seed`."""
-    if size > n_train:
-        raise InputError(f"--background {size} is larger than the training split ({n_train} images)")
+    require_images("background", size, "training", n_train)
     return np.sort(np.random.default_rng(seed).choice(n_train, size=size, replace=False))
 
 
@@ -49,8 +48,7 @@ def select_images(labels: np.ndarray, predicted: np.ndarray, size: int, seed: in
     classes; the rest to correctly classified ones, round-robin over classes, then anything.
     """
     n = len(labels)
-    if size > n:
-        raise InputError(f"--explain {size} is larger than the validation split ({n} images)")
+    require_images("explain", size, "validation", n)
     rng = np.random.default_rng(seed + 1)
     order = rng.permutation(n)
     wrong = [i for i in order if labels[i] != predicted[i]]
@@ -59,6 +57,15 @@ def select_images(labels: np.ndarray, predicted: np.ndarray, size: int, seed: in
     chosen += _round_robin(right, labels, size - len(chosen), exclude=set(chosen))
     chosen += [i for i in order if i not in set(chosen)][: size - len(chosen)]
     return np.array(chosen[:size], dtype=np.int64)
+
+
+def additivity_errors(values: np.ndarray, probabilities: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """Per image, the largest |sum of SHAP values - (output - expected output)| over classes.
+
+    values: (n, K, *input); probabilities: (n, K); expected: (K,).
+    """
+    sums = values.reshape(*values.shape[:2], -1).sum(-1, dtype=np.float64)
+    return np.abs(sums - (probabilities - expected)).max(1)
 
 
 def background_images(train: Split, background_path: Path) -> np.ndarray:
@@ -140,9 +147,7 @@ def explain_model(weights_path: Path, train_path: Path, validation_path: Path, r
             for start in range(0, len(image_idx), CHUNK_IMAGES):
                 chunk = image_idx[start : start + CHUNK_IMAGES]
                 phi = explain_fn(torch.from_numpy(val.images[chunk]).to(device))  # (n, K, C, H, W)
-                additivity[start : start + len(chunk)] = np.abs(
-                    phi.reshape(len(chunk), n_classes, -1).sum(-1, dtype=np.float64) - (val_probs[chunk] - expected)
-                ).max(1)
+                additivity[start : start + len(chunk)] = additivity_errors(phi, val_probs[chunk], expected)
                 positions = np.repeat(np.arange(start, start + len(chunk)), n_classes)
                 flat = pa.array(phi.astype(np.float32).reshape(-1), type=pa.float32())
                 writer.write_table(pa.table({

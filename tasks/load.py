@@ -84,6 +84,12 @@ def read_split(path: Path) -> Split:
     )
 
 
+def require_images(option: str, wanted: int, split: str, available: int) -> None:
+    """Refuse a step's request for more images than its split holds (e.g. --explain against validation)."""
+    if wanted > available:
+        raise InputError(f"--{option} {wanted} is larger than the {split} split ({available} images)")
+
+
 def load_data(dataset: str, out: Path, seed: int, val_fraction: float, background: int = 1, explain: int = 1) -> dict:
     """Read `dataset`, create the run directory, write the two splits; return their paths and hashes.
 
@@ -92,10 +98,8 @@ def load_data(dataset: str, out: Path, seed: int, val_fraction: float, backgroun
     """
     data = load_dataset(dataset)
     train_idx, val_idx = _stratified_split(data, seed, val_fraction)
-    if background > len(train_idx):
-        raise InputError(f"--background {background} is larger than the training split ({len(train_idx)} images)")
-    if explain > len(val_idx):
-        raise InputError(f"--explain {explain} is larger than the validation split ({len(val_idx)} images)")
+    require_images("background", background, "training", len(train_idx))
+    require_images("explain", explain, "validation", len(val_idx))
     run_dir = new_run_dir(out, dataset.split(":")[0])
     result = {"run_dir": str(run_dir), "dataset": data.name, "class_names": data.class_names,
               "image_shape": list(data.images.shape[1:]), "provenance": data.provenance}

@@ -12,7 +12,7 @@ from tasks.artifacts import sha256_file, write_json_atomic
 from tasks.datasets import read_image
 from tasks.deep_shap import DeepShapEngine
 from tasks.errors import InputError
-from tasks.explain import background_images
+from tasks.explain import additivity_errors, background_images
 from tasks.figures import shap_image_plot
 from tasks.load import read_split
 from tasks.model import load_weights, probabilities
@@ -44,8 +44,7 @@ def explain_image(image_path: Path, run_dir: Path, out_dir: Path) -> dict:
         probs = prob_model(x)[0].numpy()
     engine = DeepShapEngine(prob_model, torch.from_numpy(background))
     values = engine.shap_values(x)[0]  # (K, C, H, W)
-    additivity = float(np.abs(values.reshape(len(probs), -1).sum(-1, dtype=np.float64)
-                              - (probs - engine.expected_value.numpy())).max())
+    additivity = float(additivity_errors(values[None], probs[None], engine.expected_value.numpy())[0])
 
     names = train.class_names
     predicted = int(probs.argmax())
