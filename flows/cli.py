@@ -42,21 +42,24 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser(
         "run",
-        help="load data, train the reference CNN, explain it with SHAP and render a PDF report",
+        help="load data, train the reference CNN or MLP, explain it and render a PDF report",
         description="Run the compliance_report Prefect flow: load -> train -> explain -> report. "
         "Uses Prefect's local ephemeral server unless PREFECT_API_URL points at a running one.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     run.add_argument("--dataset", default=RunConfig.dataset, metavar="SPEC",
-                     help="the data: 'digits' (built in), 'cifar10:DIR' (CIFAR-10 python batches in DIR) or "
-                          "'imagefolder:DIR' (one sub-folder of images per class)")
+                     help="the data: images from 'digits' (built in), 'cifar10:DIR' (CIFAR-10 python batches in DIR) "
+                          "or 'imagefolder:DIR' (one sub-folder of images per class); tables from 'breast-cancer' "
+                          "(built in), 'csv:FILE' or 'parquet:FILE' (numeric feature columns, with --label)")
+    run.add_argument("--label", metavar="COLUMN",
+                     help="csv:/parquet: datasets: the column that holds each row's class")
     run.add_argument("--epochs", type=_positive_int, default=RunConfig.epochs, metavar="N", help="training epochs")
     run.add_argument("--background", type=_positive_int, default=RunConfig.background, metavar="N",
-                     help="training images in the SHAP background (the 'mask')")
+                     help="training rows (images) in the SHAP background (the 'mask')")
     run.add_argument("--explain", type=_positive_int, default=RunConfig.explain, metavar="N",
-                     help="validation images to explain (every class and misclassified ones included)")
+                     help="validation rows (images) to explain (every class and misclassified ones included)")
     run.add_argument("--seed", type=_seed, default=RunConfig.seed, metavar="N",
-                     help="seed for the split, initial weights, shuffling and image choice")
+                     help="seed for the split, initial weights, shuffling and the choice of rows")
     run.add_argument("--out", type=Path, default=RunConfig.out, metavar="DIR",
                      help="directory under which each run gets its own new sub-directory")
     run.add_argument("--shap-engine", choices=SHAP_ENGINES, default=RunConfig.shap_engine,
@@ -133,14 +136,14 @@ def check_prefect_api() -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    config = RunConfig(dataset=args.dataset, epochs=args.epochs, background=args.background,
+    config = RunConfig(dataset=args.dataset, label=args.label, epochs=args.epochs, background=args.background,
                        explain=args.explain, seed=args.seed, out=args.out, shap_engine=args.shap_engine)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     check_prefect_api()
     _quiet_console(args.verbose)
     from flows.compliance_report import compliance_report
 
-    result = compliance_report(dataset=config.dataset, epochs=config.epochs, background=config.background,
+    result = compliance_report(dataset=config.dataset, label=config.label, epochs=config.epochs, background=config.background,
                                explain=config.explain, seed=config.seed, out=str(config.out),
                                shap_engine=config.shap_engine)
     print(f"validation accuracy: {result['validation_accuracy']:.3f}; "

@@ -30,6 +30,7 @@ report_step = task(render_report, name="report")
 @flow(name="compliance_report", log_prints=True)
 def compliance_report(
     dataset: str = "digits",
+    label: str | None = None,
     epochs: int = RunConfig.epochs,
     background: int = RunConfig.background,
     explain: int = RunConfig.explain,
@@ -38,9 +39,10 @@ def compliance_report(
     shap_engine: str = RunConfig.shap_engine,
 ) -> dict:
     """Train (or load) the model, explain it and render a PDF compliance report into a new run directory."""
-    config = RunConfig(dataset=dataset, epochs=epochs, background=background, explain=explain, seed=seed,
+    config = RunConfig(dataset=dataset, label=label, epochs=epochs, background=background, explain=explain, seed=seed,
                        out=Path(out), shap_engine=shap_engine)
-    loaded = load_step(config.dataset, config.out, config.seed, config.val_fraction, config.background, config.explain)
+    loaded = load_step(config.dataset, config.out, config.seed, config.val_fraction, config.background, config.explain,
+                       config.label)
     run_dir = loaded["run_dir"]
     trained = train_step(loaded["train"]["path"], loaded["validation"]["path"], run_dir,
                          config.epochs, config.batch_size, config.seed)

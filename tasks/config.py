@@ -8,29 +8,40 @@ from pathlib import Path
 from tasks.errors import InputError
 
 SHAP_ENGINES = ("fast", "shap")  # tasks/deep_shap.py, or shap.DeepExplainer itself
-DATASET_KINDS = ("digits", "cifar10", "imagefolder")
+BUILT_IN = ("digits", "breast-cancer")  # ship inside scikit-learn
+DIRECTORY_KINDS = ("cifar10", "imagefolder")  # image sources: KIND:DIR
+FILE_KINDS = ("csv", "parquet")  # tables: KIND:FILE, with --label COLUMN
+SPEC_HELP = "digits, breast-cancer, cifar10:DIR, imagefolder:DIR, csv:FILE or parquet:FILE"
 
 
-def check_dataset_spec(spec: str) -> None:
-    """Cheap checks of a dataset spec, before any work starts: known kind, existing directory."""
+def check_dataset_spec(spec: str, label: str | None = None) -> None:
+    """Cheap checks of a dataset spec, before any work starts: known kind, existing directory or file."""
     kind, sep, arg = spec.partition(":")
-    if kind not in DATASET_KINDS:
-        raise InputError(f"unknown dataset spec {spec!r}: use digits, cifar10:DIR or imagefolder:DIR")
-    if kind == "digits" and sep:
-        raise InputError(f"dataset spec {spec!r}: digits takes no argument")
-    if kind != "digits":
+    if kind not in BUILT_IN + DIRECTORY_KINDS + FILE_KINDS:
+        raise InputError(f"unknown dataset spec {spec!r}: use {SPEC_HELP}")
+    if kind in BUILT_IN and sep:
+        raise InputError(f"dataset spec {spec!r}: {kind} takes no argument")
+    if kind in FILE_KINDS and not label:
+        raise InputError(f"dataset spec {spec!r} needs --label COLUMN, the column holding the class")
+    if label and kind not in FILE_KINDS:
+        raise InputError(f"--label is for csv:FILE and parquet:FILE datasets, not {kind}")
+    if kind in DIRECTORY_KINDS + FILE_KINDS:
         if not arg:
-            raise InputError(f"dataset spec {spec!r} needs a directory: {kind}:DIR")
-        directory = Path(arg).expanduser()
-        if not directory.is_dir():
-            raise InputError(f"dataset directory {directory.resolve()} does not exist or is not a directory")
+            raise InputError(f"dataset spec {spec!r} needs a {'directory' if kind in DIRECTORY_KINDS else 'file'}: "
+                             f"{kind}:{'DIR' if kind in DIRECTORY_KINDS else 'FILE'}")
+        path = Path(arg).expanduser()
+        if kind in DIRECTORY_KINDS and not path.is_dir():
+            raise InputError(f"dataset directory {path.resolve()} does not exist or is not a directory")
+        if kind in FILE_KINDS and not path.is_file():
+            raise InputError(f"dataset file {path.resolve()} does not exist or is not a file")
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that decides what a compliance report run computes."""
 
-    dataset: str = "digits"  # dataset spec: digits | cifar10:DIR | imagefolder:DIR
+    dataset: str = "digits"  # dataset spec: see SPEC_HELP
+    label: str | None = None  # csv/parquet datasets: the column holding the class
     epochs: int = 8  # training epochs
     background: int = 200  # training images in the SHAP background ("mask")
     explain: int = 32  # validation images explained with SHAP
@@ -52,7 +63,7 @@ class RunConfig:
         if self.shap_engine not in SHAP_ENGINES:
             raise InputError(f"--shap-engine must be one of {', '.join(SHAP_ENGINES)}, got {self.shap_engine!r}")
         object.__setattr__(self, "out", Path(self.out))
-        check_dataset_spec(self.dataset)
+        check_dataset_spec(self.dataset, self.label)
 
     def to_json(self) -> dict:
         """Plain JSON-able parameters, as recorded in the manifest and the report."""

@@ -1,10 +1,11 @@
-"""Image dataset sources, read into one in-memory form.
+"""Dataset sources, read into one in-memory form (image sources here, tables in tasks/tables.py).
 
 Specs (the `--dataset` option):
 - ``digits``: scikit-learn's handwritten digits (1,797 8x8 images), upsampled to 32x32.
 - ``cifar10:DIR``: CIFAR-10 in its standard Python format (``cifar-10-batches-py``),
   found through torchvision's description of it; never downloaded.
 - ``imagefolder:DIR``: one sub-folder per class, any format Pillow reads.
+- ``breast-cancer``, ``parquet:FILE``, ``csv:FILE`` (with ``--label COLUMN``): tables, see tasks/tables.py.
 """
 
 from __future__ import annotations
@@ -29,23 +30,31 @@ MAX_SOURCE_PIXELS = 100_000_000  # larger images are refused before decoding
 
 
 @dataclass
-class ImageDataset:
-    """A whole image dataset in memory, channel-first, values in [0, 1]."""
+class Dataset:
+    """A whole dataset in memory: images channel-first in [0, 1], or table rows of numeric features."""
 
     name: str  # the spec it was read from
-    images: np.ndarray  # (n, C, H, W) float32
+    inputs: np.ndarray  # (n, C, H, W) images or (n, n_features) rows, float32
     labels: np.ndarray  # (n,) int64, indices into class_names
-    source_ids: list[str]  # where each image came from, e.g. "cifar10:data_batch_1:17"
+    source_ids: list[str]  # where each row came from, e.g. "cifar10:data_batch_1:17"
     class_names: list[str]
     provenance: dict = field(default_factory=dict)  # facts for the report's data section
+    modality: str = "image"  # image | table
+    feature_names: list[str] = field(default_factory=list)  # tables: one per column of `inputs`
 
 
-def load_dataset(spec: str) -> ImageDataset:
+def load_dataset(spec: str, label: str | None = None) -> Dataset:
     """Read the dataset named by `spec`, or raise InputError saying what is wrong with it."""
-    check_dataset_spec(spec)
+    from tasks import tables  # it builds on Dataset
+
+    check_dataset_spec(spec, label)
     kind, _, arg = spec.partition(":")
     if kind == "digits":
         dataset = _load_digits()
+    elif kind == "breast-cancer":
+        dataset = tables.load_breast_cancer()
+    elif kind in ("csv", "parquet"):
+        dataset = tables.load_table_file(kind, Path(arg).expanduser().resolve(), label)
     else:
         loaders = {"cifar10": _load_cifar10, "imagefolder": _load_imagefolder}
         dataset = loaders[kind](Path(arg).expanduser().resolve())
@@ -53,15 +62,16 @@ def load_dataset(spec: str) -> ImageDataset:
     return dataset
 
 
-def validate_dataset(dataset: ImageDataset) -> None:
+def validate_dataset(dataset: Dataset) -> None:
     """Refuse data the pipeline cannot train and validate on."""
     n = len(dataset.labels)
     if n == 0:
         raise InputError(f"dataset {dataset.name} is empty")
-    if dataset.images.ndim != 4 or dataset.images.shape[0] != n:
-        raise InputError(f"dataset {dataset.name}: images must be (n, C, H, W), got {dataset.images.shape}")
-    if not np.isfinite(dataset.images).all():
-        raise InputError(f"dataset {dataset.name} has NaN or infinite pixel values")
+    ndim = 4 if dataset.modality == "image" else 2
+    if dataset.inputs.ndim != ndim or dataset.inputs.shape[0] != n:
+        raise InputError(f"dataset {dataset.name}: inputs must have {ndim} dimensions, got {dataset.inputs.shape}")
+    if not np.isfinite(dataset.inputs).all():
+        raise InputError(f"dataset {dataset.name} has NaN or infinite input values")
     k = len(dataset.class_names)
     if dataset.labels.min() < 0 or dataset.labels.max() >= k:
         raise InputError(f"dataset {dataset.name} has labels outside 0..{k - 1}")
@@ -72,7 +82,7 @@ def validate_dataset(dataset: ImageDataset) -> None:
     if counts.min() < 2:
         sparse = [dataset.class_names[i] for i in np.flatnonzero(counts < 2)]
         raise InputError(
-            f"dataset {dataset.name}: classes {sparse} have fewer than 2 images, "
+            f"dataset {dataset.name}: classes {sparse} have fewer than 2 rows, "
             "too few to split into training and validation"
         )
 
@@ -84,15 +94,15 @@ def resize_images(images: torch.Tensor, size: int = IMAGE_SIZE) -> torch.Tensor:
     return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
-def _load_digits() -> ImageDataset:
+def _load_digits() -> Dataset:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     images = torch.from_numpy(digits.images.astype(np.float32) / 16.0)[:, None]  # (n, 1, 8, 8)
     images = resize_images(images).clamp_(0.0, 1.0).numpy()
-    return ImageDataset(
+    return Dataset(
         name="digits",
-        images=images,
+        inputs=images,
         labels=digits.target.astype(np.int64),
         source_ids=[f"digits:{i}" for i in range(len(digits.target))],
         class_names=[str(name) for name in digits.target_names],
@@ -129,7 +139,7 @@ def _read_cifar_batch(path: Path) -> dict:
         raise InputError(f"CIFAR-10 batch {path} is corrupt or not in the standard format: {exc}") from None
 
 
-def _load_cifar10(directory: Path) -> ImageDataset:
+def _load_cifar10(directory: Path) -> Dataset:
     from torchvision.datasets import CIFAR10  # its file layout and official checksums
 
     base = directory / CIFAR10.base_folder
@@ -166,9 +176,9 @@ def _load_cifar10(directory: Path) -> ImageDataset:
         checksums[filename] = "official" if md5 == official_md5 else "not the official file"
     if not images:
         raise InputError(f"no CIFAR-10 batches (data_batch_1..5, test_batch) in {base}")
-    return ImageDataset(
+    return Dataset(
         name=f"cifar10:{directory}",
-        images=(np.concatenate(images).astype(np.float32) / 255.0),
+        inputs=(np.concatenate(images).astype(np.float32) / 255.0),
         labels=np.concatenate(labels),
         source_ids=source_ids,
         class_names=class_names,
@@ -199,7 +209,7 @@ def read_image(path: Path, mode: str) -> np.ndarray:
     return resize_images(tensor[None]).clamp_(0.0, 1.0)[0].numpy()
 
 
-def _load_imagefolder(directory: Path) -> ImageDataset:
+def _load_imagefolder(directory: Path) -> Dataset:
     class_dirs = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise InputError(f"image folder {directory} has no class sub-folders")
@@ -214,9 +224,9 @@ def _load_imagefolder(directory: Path) -> ImageDataset:
         raise InputError(f"image folder {directory} holds no images")
     mode = "L" if all(_is_grayscale(path) for path, _ in files) else "RGB"
     images = np.stack([read_image(path, mode) for path, _ in files])
-    return ImageDataset(
+    return Dataset(
         name=f"imagefolder:{directory}",
-        images=images,
+        inputs=images,
         labels=np.array([label for _, label in files], dtype=np.int64),
         source_ids=[f"imagefolder:{path.relative_to(directory).as_posix()}" for path, _ in files],
         class_names=[p.name for p in class_dirs],

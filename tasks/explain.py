@@ -3,7 +3,7 @@
 Files (in ``explain/``):
 - ``shap_values.parquet``: one row per (explained image, class): position, source_id,
   class_index, values (fixed_size_list<float32>[C*H*W], same layout as the image).
-  Metadata: ``accountability.expected_values`` (JSON, per class), ``accountability.image_shape``.
+  Metadata: ``accountability.expected_values`` (JSON, per class), ``accountability.input_shape``.
 - ``explained.parquet``: one row per explained image: position, source_id, label, predicted,
   confidence, probabilities (fixed_size_list<float32>[K]), additivity_error (the largest
   |sum of SHAP values - (output - expected output)| over classes).
@@ -23,7 +23,7 @@ import torch
 from tasks.artifacts import atomic_path, sha256_file, write_parquet_atomic
 from tasks.deep_shap import DeepShapEngine, UnsupportedModelError
 from tasks.errors import InputError
-from tasks.load import Split, read_split, require_images
+from tasks.load import Split, read_split, require_rows
 from tasks.model import load_weights, probabilities
 from tasks.progress import progress_bar
 
@@ -37,7 +37,7 @@ def choose_device() -> torch.device:
 
 def select_background(n_train: int, size: int, seed: int) -> np.ndarray:
     """`size` distinct training indices, drawn with `seed`."""
-    require_images("background", size, "training", n_train)
+    require_rows("background", size, "training", n_train)
     return np.sort(np.random.default_rng(seed).choice(n_train, size=size, replace=False))
 
 
@@ -48,7 +48,7 @@ def select_images(labels: np.ndarray, predicted: np.ndarray, size: int, seed: in
     classes; the rest to correctly classified ones, round-robin over classes, then anything.
     """
     n = len(labels)
-    require_images("explain", size, "validation", n)
+    require_rows("explain", size, "validation", n)
     rng = np.random.default_rng(seed + 1)
     order = rng.permutation(n)
     wrong = [i for i in order if labels[i] != predicted[i]]
@@ -71,7 +71,17 @@ def additivity_errors(values: np.ndarray, probabilities: np.ndarray, expected: n
 def background_images(train: Split, background_path: Path) -> np.ndarray:
     """The training images a run used as its SHAP background, from ``explain/background.parquet``."""
     wanted = set(pq.read_table(background_path).column("source_id").to_pylist())
-    return train.images[[i for i, sid in enumerate(train.source_ids) if sid in wanted]]
+    return train.inputs[[i for i, sid in enumerate(train.source_ids) if sid in wanted]]
+
+
+def read_shap_values(path: Path) -> tuple[np.ndarray, dict]:
+    """SHAP values as (n_rows, K, *input_shape) and the file's metadata (decoded)."""
+    table = pq.read_table(path)
+    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    shape = json.loads(meta["accountability.input_shape"])
+    n_classes = len(json.loads(meta["accountability.expected_values"]))
+    values = table.column("values").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return values.reshape(-1, n_classes, *shape), meta
 
 
 def _round_robin(candidates: list[int], labels: np.ndarray, size: int, exclude: set | None = None) -> list[int]:
@@ -122,31 +132,32 @@ def explain_model(weights_path: Path, train_path: Path, validation_path: Path, r
     prob_model = probabilities(model).to(device).eval()
 
     with torch.no_grad():
-        val_probs = torch.cat([prob_model(torch.from_numpy(val.images[i : i + 256]).to(device)).cpu()
-                               for i in range(0, len(val.images), 256)]).numpy()
+        val_probs = torch.cat([prob_model(torch.from_numpy(val.inputs[i : i + 256]).to(device)).cpu()
+                               for i in range(0, len(val.inputs), 256)]).numpy()
     predicted = val_probs.argmax(1)
-    background_idx = select_background(len(train.images), background, seed)
+    background_idx = select_background(len(train.inputs), background, seed)
     image_idx = select_images(val.labels, predicted, explain, seed)
-    background_x = torch.from_numpy(train.images[background_idx]).to(device)
+    background_x = torch.from_numpy(train.inputs[background_idx]).to(device)
     with torch.no_grad():
         expected = prob_model(background_x).mean(0).cpu().numpy().astype(np.float64)  # (K,)
 
     explain_fn = ENGINES[engine](prob_model, background_x)
     n_classes = len(val.class_names)
-    c, h, w = val.images.shape[1:]
+    shape = list(val.inputs.shape[1:])  # [C, H, W] or [n_features]
+    size = int(np.prod(shape))
     out_dir = run_dir / "explain"
     values_path = out_dir / "shap_values.parquet"
     values_meta = {b"accountability.expected_values": json.dumps(expected.tolist()).encode(),
-                   b"accountability.image_shape": json.dumps([c, h, w]).encode(),
+                   b"accountability.input_shape": json.dumps(shape).encode(),
                    b"accountability.engine": engine.encode()}
     values_schema = pa.schema([("position", pa.int32()), ("source_id", pa.string()), ("class_index", pa.int32()),
-                               ("values", pa.list_(pa.float32(), c * h * w))], metadata=values_meta)
+                               ("values", pa.list_(pa.float32(), size))], metadata=values_meta)
     additivity = np.zeros(len(image_idx))
     with atomic_path(values_path) as tmp, pq.ParquetWriter(tmp, values_schema, compression="zstd") as writer:
         with progress_bar(f"SHAP ({engine}, {device.type})", total=len(image_idx)) as advance:
             for start in range(0, len(image_idx), CHUNK_IMAGES):
                 chunk = image_idx[start : start + CHUNK_IMAGES]
-                phi = explain_fn(torch.from_numpy(val.images[chunk]).to(device))  # (n, K, C, H, W)
+                phi = explain_fn(torch.from_numpy(val.inputs[chunk]).to(device))  # (n, K, *shape)
                 additivity[start : start + len(chunk)] = additivity_errors(phi, val_probs[chunk], expected)
                 positions = np.repeat(np.arange(start, start + len(chunk)), n_classes)
                 flat = pa.array(phi.astype(np.float32).reshape(-1), type=pa.float32())
@@ -154,7 +165,7 @@ def explain_model(weights_path: Path, train_path: Path, validation_path: Path, r
                     "position": pa.array(positions, type=pa.int32()),
                     "source_id": [val.source_ids[i] for i in chunk for _ in range(n_classes)],
                     "class_index": pa.array(np.tile(np.arange(n_classes), len(chunk)), type=pa.int32()),
-                    "values": pa.FixedSizeListArray.from_arrays(flat, c * h * w),
+                    "values": pa.FixedSizeListArray.from_arrays(flat, size),
                 }, schema=values_schema))
                 advance(len(chunk), status=f"max additivity error {additivity[: start + len(chunk)].max():.1e}")
 

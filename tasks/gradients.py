@@ -47,8 +47,8 @@ def gradient_attributions(weights_path: Path, train_path: Path, validation_path:
     explained = pq.read_table(explained_path).to_pandas()
     baseline = torch.from_numpy(background_images(train, Path(background_path)).mean(0))
     index = {sid: i for i, sid in enumerate(val.source_ids)}
-    images = torch.from_numpy(val.images[[index[s] for s in explained["source_id"]]])
-    targets = torch.from_numpy(explained["predicted"].to_numpy())
+    images = torch.from_numpy(val.inputs[[index[s] for s in explained["source_id"]]])
+    targets = torch.from_numpy(explained["predicted"].to_numpy().copy())
     ig, errors = integrated_gradients(prob_model, images, baseline[None], targets)
     sal = saliency(prob_model, images.clone().requires_grad_(True), targets)
     size = int(np.prod(images.shape[1:]))

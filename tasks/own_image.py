@@ -35,8 +35,8 @@ def explain_image(image_path: Path, run_dir: Path, out_dir: Path) -> dict:
     image = read_image(image_path, mode)  # (C, 32, 32) in [0, 1], or InputError naming the file
     train = read_split(train_path)
     background = background_images(train, background_path)
-    if image.shape != train.images.shape[1:]:
-        raise InputError(f"image {image_path} became {image.shape}; the model takes {train.images.shape[1:]}")
+    if image.shape != train.inputs.shape[1:]:
+        raise InputError(f"image {image_path} became {image.shape}; the model takes {train.inputs.shape[1:]}")
 
     prob_model = probabilities(model).eval()
     x = torch.from_numpy(image[None])

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from tasks import figures
 from tasks.artifacts import MANIFEST_NAME, build_manifest, sha256_file, write_manifest
+from tasks.explain import read_shap_values
 from tasks.gradients import IG_STEPS
 from tasks.inspect_weights import NEAR_ZERO, first_conv_filters, weight_histograms, write_weight_statistics
 from tasks.load import read_split
@@ -23,16 +24,6 @@ ADDITIVITY_THRESHOLD = 1e-4  # on probabilities; larger residuals are flagged in
 MAX_SAMPLE_IMAGES = 8
 REGIONS = [["upper left", "upper centre", "upper right"], ["middle left", "centre", "middle right"],
            ["lower left", "lower centre", "lower right"]]
-
-
-def read_shap_values(path: Path) -> tuple[np.ndarray, dict]:
-    """SHAP values as (n_images, K, C, H, W) and the file's metadata."""
-    table = pq.read_table(path)
-    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
-    c, h, w = json.loads(meta["accountability.image_shape"])
-    n_classes = len(json.loads(meta["accountability.expected_values"]))
-    values = table.column("values").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return values.reshape(-1, n_classes, c, h, w), meta
 
 
 def describe_mistake(values: np.ndarray, true: int, pred: int, names: list[str], probs: np.ndarray,
@@ -61,11 +52,11 @@ MAX_GRADIENT_ROWS = 8  # images shown in the gradient attribution figure
 def gradient_section(run_dir: Path, gradients: dict, val_split, names: list[str]) -> dict:
     """The report's gradient attribution part: a figure of saliency and IG maps, and IG's completeness."""
     table = pq.read_table(gradients["gradients"]["path"]).to_pandas()
-    shape = val_split.images.shape[1:]
+    shape = val_split.inputs.shape[1:]
     index = {sid: i for i, sid in enumerate(val_split.source_ids)}
     shown = table.head(MAX_GRADIENT_ROWS)
     figure = figures.gradient_grid(
-        val_split.images[[index[s] for s in shown["source_id"]]],
+        val_split.inputs[[index[s] for s in shown["source_id"]]],
         np.stack(shown["saliency"].to_numpy()).reshape(-1, *shape),
         np.stack(shown["integrated_gradients"].to_numpy()).reshape(-1, *shape),
         [f"{sid[:22]}\nclass {names[k][:12]}" for sid, k in zip(shown["source_id"], shown["class_index"])],
@@ -94,10 +85,10 @@ def render_report(run_dir: Path, load: dict, train: dict, explain: dict, params:
 
     model, model_config, training = load_weights(Path(train["weights"]["path"]))
     weight_stats = write_weight_statistics(model, run_dir / "inspect" / "weights.parquet")
-    val_pred = predict_logits(model, val_split.images).argmax(1).numpy()
+    val_pred = predict_logits(model, val_split.inputs).argmax(1).numpy()
 
     figs = {
-        "samples": figures.sample_grid(train_split.images, train_split.labels, names, fig_dir / "samples.png",
+        "samples": figures.sample_grid(train_split.inputs, train_split.labels, names, fig_dir / "samples.png",
                                        MAX_SAMPLE_IMAGES),
         "curves": figures.training_curves(metrics, fig_dir / "training_curves.png"),
         "confusion": figures.confusion_matrix(val_split.labels, val_pred, names, fig_dir / "confusion_matrix.png"),
@@ -109,7 +100,7 @@ def render_report(run_dir: Path, load: dict, train: dict, explain: dict, params:
     source_index = {sid: i for i, sid in enumerate(val_split.source_ids)}
     cases = []
     for row in explained.itertuples(index=False):
-        image = val_split.images[source_index[row.source_id]]
+        image = val_split.inputs[source_index[row.source_id]]
         probs = np.asarray(row.probabilities)
         titles = [f"{name[:12]} {probs[k]:.2f}" for k, name in enumerate(names)]
         heading = f"true {names[row.label][:12]}\npred {names[row.predicted][:12]}"
@@ -149,7 +140,7 @@ def render_report(run_dir: Path, load: dict, train: dict, explain: dict, params:
         "data": {
             "classes": [{"name": n, "train": t, "validation": v}
                         for n, t, v in zip(names, load["train"]["class_counts"], load["validation"]["class_counts"])],
-            "image_shape": load["image_shape"], "provenance": load["provenance"],
+            "input_shape": load["input_shape"], "provenance": load["provenance"],
             "samples": figs["samples"].relative_to(run_dir).as_posix(),
         },
         "training": {

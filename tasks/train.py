@@ -1,4 +1,4 @@
-"""Step 2, train: fit the reference CNN on logits, record per-epoch metrics, save safetensors weights.
+"""Step 2, train: fit the reference CNN (images) or MLP (tables) on logits, record per-epoch metrics, save safetensors weights.
 
 Metrics file (``training/metrics.parquet``), one row per epoch and split:
 epoch, split (train | validation), loss, accuracy, precision_macro, recall_macro, f1_macro.
@@ -20,8 +20,8 @@ from sklearn.metrics import precision_recall_fscore_support
 from torch import nn
 
 from tasks.artifacts import sha256_file, write_parquet_atomic
-from tasks.load import read_split
-from tasks.model import CNNConfig, build_reference_cnn, save_weights
+from tasks.load import Split, read_split
+from tasks.model import CNNConfig, MLPConfig, ModelConfig, build_model, save_weights, set_standardisation
 from tasks.progress import progress_bar
 
 LEARNING_RATE = 1e-3
@@ -57,17 +57,34 @@ def predict_logits(model: nn.Module, images: np.ndarray, batch_size: int = 256) 
     return torch.cat(chunks) if chunks else torch.empty(0)
 
 
+def predict_proba(model: nn.Module, inputs: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Class probabilities (n, K), float64, for inputs (n, *input_shape): the model-agnostic methods' view."""
+    logits = predict_logits(model, np.ascontiguousarray(inputs, dtype=np.float32), batch_size)
+    return torch.softmax(logits.double(), dim=1).numpy()
+
+
+def reference_model(train: Split) -> tuple[nn.Sequential, ModelConfig]:
+    """The untrained reference model for a split: the CNN for images, the MLP (standardising) for tables."""
+    n_classes = len(train.class_names)
+    if train.modality == "table":
+        config = MLPConfig(in_features=train.inputs.shape[1], num_classes=n_classes)
+        model = build_model(config)
+        set_standardisation(model, train.inputs)
+        return model, config
+    config = CNNConfig(in_channels=train.inputs.shape[1], num_classes=n_classes)
+    return build_model(config), config
+
+
 def train_model(train_path: Path, validation_path: Path, run_dir: Path, epochs: int, batch_size: int, seed: int) -> dict:
-    """Train the reference CNN with Adam (lr 1e-3) on cross-entropy of logits; write weights and metrics."""
+    """Train the reference model with Adam (lr 1e-3) on cross-entropy of logits; write weights and metrics."""
     run_dir = Path(run_dir)
     train, val = read_split(Path(train_path)), read_split(Path(validation_path))
     n_classes = len(train.class_names)
     generator = seed_everything(seed)
-    config = CNNConfig(in_channels=train.images.shape[1], num_classes=n_classes)
-    model = build_reference_cnn(config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    model, config = reference_model(train)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=LEARNING_RATE)
     loss_fn = nn.CrossEntropyLoss()  # takes logits; the softmax is only added for explanation
-    x_train, y_train = torch.from_numpy(train.images), torch.from_numpy(train.labels)
+    x_train, y_train = torch.from_numpy(train.inputs), torch.from_numpy(train.labels)
     n_batches = -(-len(x_train) // batch_size)
 
     rows, class_rows = [], []
@@ -98,7 +115,7 @@ def train_model(train_path: Path, validation_path: Path, run_dir: Path, epochs: 
                 predictions[idx] = logits.argmax(1).detach()
                 advance(status=f"epoch {epoch}/{epochs} loss {loss.item():.3f}")
             record(epoch, "train", total_loss / len(x_train), train.labels, predictions.numpy())
-            val_logits = predict_logits(model, val.images)
+            val_logits = predict_logits(model, val.inputs)
             val_loss = float(loss_fn(val_logits, torch.from_numpy(val.labels)))
             val_metrics = record(epoch, "validation", val_loss, val.labels, val_logits.argmax(1).numpy())
             advance(0, status=f"epoch {epoch}/{epochs} val acc {val_metrics['accuracy']:.3f}")

@@ -11,9 +11,9 @@ from tests.conftest import CIFAR_CLASSES, write_cifar10, write_imagefolder
 
 def test_digits_are_upsampled_to_32x32_in_unit_range():
     data = load_dataset("digits")
-    assert data.images.shape == (1797, 1, 32, 32)
-    assert data.images.dtype == np.float32
-    assert 0.0 <= data.images.min() and data.images.max() <= 1.0
+    assert data.inputs.shape == (1797, 1, 32, 32)
+    assert data.inputs.dtype == np.float32
+    assert 0.0 <= data.inputs.min() and data.inputs.max() <= 1.0
     assert data.class_names == [str(i) for i in range(10)]
     assert np.bincount(data.labels).min() > 150
     assert len(set(data.source_ids)) == 1797
@@ -21,10 +21,10 @@ def test_digits_are_upsampled_to_32x32_in_unit_range():
 
 def test_cifar10_reads_the_standard_python_batches(cifar_dir):
     data = load_dataset(f"cifar10:{cifar_dir}")
-    assert data.images.shape == (60, 3, 32, 32)
+    assert data.inputs.shape == (60, 3, 32, 32)
     assert data.class_names == CIFAR_CLASSES
     raw = pickle.load(open(cifar_dir / "cifar-10-batches-py" / "data_batch_1", "rb"))
-    np.testing.assert_allclose(data.images[0].reshape(-1), raw["data"][0] / 255.0, rtol=1e-6)
+    np.testing.assert_allclose(data.inputs[0].reshape(-1), raw["data"][0] / 255.0, rtol=1e-6)
     assert data.source_ids[0] == "cifar10:data_batch_1:0"
     assert data.provenance["batches"] == {"data_batch_1": "not the official file", "test_batch": "not the official file"}
 
@@ -50,17 +50,17 @@ def test_imagefolder_resizes_any_size_and_names_classes(tmp_path):
     root = write_imagefolder(tmp_path / "f", {"a": 3, "b": 3}, size=(50, 20))
     write_imagefolder(tmp_path / "f", {"a": 2}, size=(7, 9), seed=1)  # overwrites 0.png, 1.png: mixed sizes
     data = load_dataset(f"imagefolder:{root}")
-    assert data.images.shape == (6, 3, 32, 32)
+    assert data.inputs.shape == (6, 3, 32, 32)
     assert data.class_names == ["a", "b"]
     assert data.source_ids[0] == "imagefolder:a/0.png"
 
 
 def test_imagefolder_mixed_gray_and_rgb_becomes_rgb(tmp_path):
     root = write_imagefolder(tmp_path / "f", {"a": 2, "b": 2}, mode="L")
-    assert load_dataset(f"imagefolder:{root}").images.shape[1] == 1
+    assert load_dataset(f"imagefolder:{root}").inputs.shape[1] == 1
     Image.new("RGB", (10, 10), (255, 0, 0)).save(root / "a" / "red.png")
     data = load_dataset(f"imagefolder:{root}")
-    assert data.images.shape[1] == 3
+    assert data.inputs.shape[1] == 3
 
 
 @pytest.mark.parametrize(
@@ -68,7 +68,7 @@ def test_imagefolder_mixed_gray_and_rgb_becomes_rgb(tmp_path):
     [
         (lambda root: (root / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really"), "cannot read image"),
         (lambda root: (root / "a" / "notes.txt").write_text("hello"), "is not an image file"),
-        (lambda root: [p.unlink() for p in (root / "c").iterdir()], "classes \\['c'\\] have fewer than 2 images"),
+        (lambda root: [p.unlink() for p in (root / "c").iterdir()], "classes \\['c'\\] have fewer than 2 rows"),
     ],
     ids=["corrupt-image", "non-image-file", "empty-class"],
 )

@@ -46,7 +46,7 @@ def test_flow_writes_a_complete_run_directory(flow_result):
     assert verify_run(run_dir) == []
     assert manifest["flow_run"]["id"] and manifest["parameters"]["epochs"] == 1
 
-    assert pq.read_schema(run_dir / "data" / "train.parquet").field("image").type == pa.list_(pa.float32(), 1024)
+    assert pq.read_schema(run_dir / "data" / "train.parquet").field("inputs").type == pa.list_(pa.float32(), 1024)
     assert pq.read_schema(run_dir / "explain" / "shap_values.parquet").names == [
         "position", "source_id", "class_index", "values"]
     assert pq.read_schema(run_dir / "training" / "metrics.parquet").names == [

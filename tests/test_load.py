@@ -16,16 +16,16 @@ def test_splits_are_stratified_seeded_parquet_with_documented_schema(imagefolder
     schema = pq.read_schema(train_path)
     assert schema.field("source_id").type == pa.string()
     assert schema.field("label").type == pa.int64()
-    assert schema.field("image").type == pa.list_(pa.float32(), 3 * 32 * 32)
+    assert schema.field("inputs").type == pa.list_(pa.float32(), 3 * 32 * 32)
     assert json.loads(schema.metadata[b"accountability.class_names"]) == ["cats", "dogs", "owls"]
-    assert json.loads(schema.metadata[b"accountability.image_shape"]) == [3, 32, 32]
+    assert json.loads(schema.metadata[b"accountability.input_shape"]) == [3, 32, 32]
     assert result["train"]["sha256"] == sha256_file(train_path)
     assert result["train"]["class_counts"] == [9, 9, 9]
     assert result["validation"]["class_counts"] == [3, 3, 3]
 
     train, val = read_split(train_path), read_split(val_path)
     assert not set(train.source_ids) & set(val.source_ids)
-    assert train.images.shape == (27, 3, 32, 32) and train.images.flags.writeable
+    assert train.inputs.shape == (27, 3, 32, 32) and train.inputs.flags.writeable
 
     again = load_data(f"imagefolder:{imagefolder_dir}", tmp_path / "out", seed=3, val_fraction=0.25)
     assert again["run_dir"] != result["run_dir"]  # every run gets its own directory
@@ -39,7 +39,7 @@ def test_round_trip_preserves_pixels(cifar_dir, tmp_path):
 
     data = load_dataset(f"cifar10:{cifar_dir}")
     index = data.source_ids.index(split.source_ids[0])
-    np.testing.assert_array_equal(split.images[0], data.images[index])
+    np.testing.assert_array_equal(split.inputs[0], data.inputs[index])
     assert split.labels[0] == data.labels[index]
 
 
@@ -53,7 +53,7 @@ def test_bad_input_creates_no_run_directory(tmp_path):
 def test_read_split_refuses_a_foreign_or_corrupt_file(tmp_path):
     foreign = tmp_path / "foreign.parquet"
     pq.write_table(pa.table({"x": [1, 2]}), foreign)
-    with pytest.raises(InputError, match="not an accountability image split"):
+    with pytest.raises(InputError, match="not an accountability split"):
         read_split(foreign)
     corrupt = tmp_path / "corrupt.parquet"
     corrupt.write_bytes(foreign.read_bytes()[:-20])

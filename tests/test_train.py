@@ -45,7 +45,7 @@ def test_training_writes_metrics_and_weights_that_reload(trained):
     assert config.in_channels == 3 and config.num_classes == 3
     assert training["seed"] == 0 and training["epochs"] == 3
     val = read_split(loaded["validation"]["path"])
-    accuracy = (predict_logits(model, val.images).argmax(1).numpy() == val.labels).mean()
+    accuracy = (predict_logits(model, val.inputs).argmax(1).numpy() == val.labels).mean()
     assert accuracy == pytest.approx(result["final_validation"]["accuracy"])
 
 
