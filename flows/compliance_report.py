@@ -1,4 +1,5 @@
-"""The `compliance_report` flow: load -> train -> explain -> report, one Prefect task each.
+"""The `compliance_report` flow: load -> train -> explain (DeepSHAP, gradients, permutation importance, PDP,
+Kernel SHAP, LIME, slices, method agreement) -> report, one Prefect task each.
 
 Thin wiring only: the steps are plain functions in `tasks/`; they hand each other paths
 and SHA-256 hashes of Parquet and safetensors files, never pickled objects.
@@ -12,18 +13,30 @@ from prefect import flow, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
+from tasks.agreement import agreement_step
 from tasks.config import RunConfig
 from tasks.explain import explain_model
 from tasks.gradients import gradient_attributions
+from tasks.kernel_shap import kernel_shap_step
+from tasks.lime_explain import lime_step
 from tasks.load import load_data
+from tasks.partial_dependence import partial_dependence_step
+from tasks.permutation import permutation_importance_step
 from tasks.provenance import environment
 from tasks.report import render_report
+from tasks.slices import slices_step
 from tasks.train import train_model
 
 load_step = task(load_data, name="load")
 train_step = task(train_model, name="train")
 explain_step = task(explain_model, name="explain", tags=["gpu"])
 gradients_step = task(gradient_attributions, name="gradients")
+permutation_task = task(permutation_importance_step, name="permutation-importance")
+partial_dependence_task = task(partial_dependence_step, name="partial-dependence")
+kernel_shap_task = task(kernel_shap_step, name="kernel-shap")
+lime_task = task(lime_step, name="lime")
+slices_task = task(slices_step, name="slices")
+agreement_task = task(agreement_step, name="method-agreement")
 report_step = task(render_report, name="report")
 
 
@@ -48,14 +61,30 @@ def compliance_report(
                          config.epochs, config.batch_size, config.seed)
     explained = explain_step(trained["weights"]["path"], loaded["train"]["path"], loaded["validation"]["path"],
                              run_dir, config.background, config.explain, config.seed, config.shap_engine)
-    gradients = gradients_step(trained["weights"]["path"], loaded["train"]["path"], loaded["validation"]["path"],
-                               explained["explained"]["path"], explained["background"]["path"], run_dir)
+    analyses = explain_further(run_dir, loaded, trained, explained, config.seed)
     run_info = {"id": flow_run.get_id(), "name": flow_run.get_name(), "url": flow_run.get_flow_run_ui_url()}
-    report = report_step(run_dir, loaded, trained, explained, config.to_json(), environment(), run_info, gradients)
+    report = report_step(run_dir, loaded, trained, explained, config.to_json(), environment(), run_info, analyses)
     publish_artifacts(run_dir, trained, explained, report)
     return {"run_dir": run_dir, "pdf": report["pdf"]["path"], "manifest": report["manifest"]["path"],
             "validation_accuracy": trained["final_validation"]["accuracy"],
             "max_additivity_error": explained["max_additivity_error"]}
+
+
+def explain_further(run_dir: str, loaded: dict, trained: dict, explained: dict, seed: int) -> dict:
+    """The techniques beside DeepSHAP, each a task writing its own Parquet file; returns their results by name."""
+    weights, train, validation = trained["weights"]["path"], loaded["train"]["path"], loaded["validation"]["path"]
+    rows, background = explained["explained"]["path"], explained["background"]["path"]
+    analyses = {"gradients": gradients_step(weights, train, validation, rows, background, run_dir),
+                "permutation": permutation_task(weights, validation, run_dir, seed)}
+    importance = analyses["permutation"]["permutation_importance"]["path"]
+    if loaded["modality"] == "table":
+        analyses["partial_dependence"] = partial_dependence_task(weights, validation, importance, run_dir)
+    analyses["kernel_shap"] = kernel_shap_task(weights, train, validation, rows, background, run_dir, seed)
+    analyses["lime"] = lime_task(weights, train, validation, rows, run_dir, seed)
+    analyses["slices"] = slices_task(weights, validation, importance, run_dir)
+    analyses["agreement"] = agreement_task(run_dir, loaded, explained, analyses["gradients"], analyses["lime"],
+                                           analyses["kernel_shap"], analyses["permutation"])
+    return analyses
 
 
 def publish_artifacts(run_dir: str, trained: dict, explained: dict, report: dict) -> None:

@@ -81,8 +81,9 @@ def validate_dataset(dataset: Dataset) -> None:
         raise InputError(f"dataset {dataset.name} has a single class; a classifier needs at least two")
     if counts.min() < 2:
         sparse = [dataset.class_names[i] for i in np.flatnonzero(counts < 2)]
+        more = f" and {len(sparse) - 5} more" if len(sparse) > 5 else ""
         raise InputError(
-            f"dataset {dataset.name}: classes {sparse} have fewer than 2 rows, "
+            f"dataset {dataset.name}: classes {sparse[:5]}{more} have fewer than 2 rows, "
             "too few to split into training and validation"
         )
 

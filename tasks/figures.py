@@ -132,3 +132,155 @@ def gradient_grid(images: np.ndarray, saliency: np.ndarray, ig: np.ndarray, titl
             ax.axis("off")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _signed_colors(values: np.ndarray) -> list[str]:
+    return ["#d62728" if v > 0 else "#1f77b4" for v in values]
+
+
+def importance_bars(table: pd.DataFrame, path: Path, title: str, top: int = 20) -> Path:
+    """Permutation importance: the mean accuracy drop per group with its 95% confidence interval."""
+    shown = table.sort_values("importance_mean", ascending=False).head(top)[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.25 * len(shown) + 0.9))
+    err = np.vstack([shown["importance_mean"] - shown["ci_low"], shown["ci_high"] - shown["importance_mean"]])
+    ax.barh([n[:40] for n in shown["name"]], shown["importance_mean"], xerr=err, color="#4c72b0",
+            error_kw={"elinewidth": 0.8, "capsize": 2})
+    ax.axvline(0, color="black", linewidth=0.6)
+    ax.set_xlabel("drop in validation accuracy when shuffled (mean, 95% CI)", fontsize=7)
+    ax.set_title(title, fontsize=8)
+    ax.tick_params(labelsize=6)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def pdp_ice(curves: pd.DataFrame, class_names: list[str], path: Path, max_ice: int = 60) -> Path:
+    """One panel per feature: ICE curves (thin) and the partial dependence (thick) of the class probability."""
+    features = list(dict.fromkeys(curves["feature"]))
+    fig, axes = plt.subplots(1, len(features), figsize=(2.6 * len(features), 2.5), squeeze=False)
+    for ax, feature in zip(axes[0], features):
+        rows = curves[curves["feature"] == feature]
+        classes = sorted(rows["class_index"].unique())
+        focus = classes[-1]
+        ice = rows[(rows["row"] >= 0) & (rows["class_index"] == focus)]
+        for _, curve in list(ice.groupby("row"))[:max_ice]:
+            ax.plot(curve["grid_value"], curve["probability"], color="#999999", linewidth=0.4, alpha=0.5)
+        for k in classes:
+            average = rows[(rows["row"] < 0) & (rows["class_index"] == k)]
+            ax.plot(average["grid_value"], average["probability"], linewidth=2,
+                    label=f"PD {class_names[k][:14]}" if len(classes) > 1 else "partial dependence")
+        ax.set_title(feature[:32], fontsize=7)
+        ax.set_xlabel("feature value", fontsize=6)
+        ax.set_ylabel(f"P({class_names[focus][:14]})" if len(classes) == 1 else "probability", fontsize=6)
+        ax.tick_params(labelsize=6)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=5)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def global_importance_bars(mean_abs: np.ndarray, feature_names: list[str], class_names: list[str], path: Path,
+                           top: int = 15) -> Path:
+    """Mean |SHAP| per feature, stacked by class, for the `top` features overall."""
+    order = np.argsort(-mean_abs.sum(0))[:top][::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.27 * len(order) + 1))
+    left = np.zeros(len(order))
+    for k, name in enumerate(class_names):
+        ax.barh([feature_names[i][:40] for i in order], mean_abs[k, order], left=left, label=name[:16])
+        left += mean_abs[k, order]
+    ax.set_xlabel("mean |SHAP value| over the explained rows (stacked by class)", fontsize=7)
+    ax.tick_params(labelsize=6)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def global_importance_maps(maps: np.ndarray, class_names: list[str], path: Path) -> Path:
+    """Mean |SHAP| per pixel (summed over channels), one map per class, on one scale."""
+    fig, axes = plt.subplots(1, len(maps), figsize=(1.2 * len(maps), 1.7), squeeze=False)
+    limit = float(maps.max()) or 1e-12
+    for ax, m, name in zip(axes[0], maps, class_names):
+        im = ax.imshow(m, cmap="viridis", vmin=0, vmax=limit)
+        ax.set_title(name[:12], fontsize=6)
+        ax.axis("off")
+    bar = fig.colorbar(im, ax=list(axes[0]), orientation="horizontal", fraction=0.06, pad=0.04, aspect=60)
+    bar.set_label("mean |SHAP value| per pixel", fontsize=6)
+    bar.ax.tick_params(labelsize=5)
+    return _save(fig, path)
+
+
+def feature_bars(values: np.ndarray, feature_names: list[str], title: str, path: Path, top: int = 10,
+                 xlabel: str = "SHAP value (red raises the class probability, blue lowers it)") -> Path:
+    """Signed attributions of one row's top `top` features by magnitude."""
+    order = np.argsort(-np.abs(values))[:top][::-1]
+    fig, ax = plt.subplots(figsize=(5.6, 0.22 * len(order) + 0.8))
+    ax.barh([feature_names[i][:40] for i in order], values[order], color=_signed_colors(values[order]))
+    ax.axvline(0, color="black", linewidth=0.6)
+    ax.set_title(title, fontsize=7)
+    ax.set_xlabel(xlabel, fontsize=6)
+    ax.tick_params(labelsize=6)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def attribution_heatmap(matrix: np.ndarray, row_labels: list[str], feature_names: list[str], path: Path,
+                        title: str, top: int = 15) -> Path:
+    """Rows x features of signed attributions (the `top` features by mean magnitude), red-blue."""
+    order = np.argsort(-np.abs(matrix).mean(0))[:top]
+    shown = matrix[:, order]
+    limit = float(np.abs(shown).max()) or 1e-12
+    fig, ax = plt.subplots(figsize=(7, 0.25 * len(row_labels) + 1.8))
+    im = ax.imshow(shown, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+    ax.set_xticks(range(len(order)), [feature_names[i][:24] for i in order], rotation=60, ha="right", fontsize=5)
+    ax.set_yticks(range(len(row_labels)), [label[:30] for label in row_labels], fontsize=5)
+    ax.set_title(title, fontsize=7)
+    fig.colorbar(im, ax=ax, fraction=0.03).ax.tick_params(labelsize=5)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def method_maps(images: np.ndarray, maps: dict[str, np.ndarray], titles: list[str], path: Path) -> Path:
+    """One row per image: the image, then each method's map (n, H, W) on its own red-blue scale."""
+    n, cols = len(images), len(maps) + 1
+    fig, axes = plt.subplots(n, cols, figsize=(1.35 * cols, 1.35 * n), squeeze=False)
+    for i, row in enumerate(axes):
+        row[0].imshow(to_display(images[i]), cmap="gray", vmin=0, vmax=1)
+        row[0].set_title(titles[i], fontsize=5)
+        for ax, (method, values) in zip(row[1:], maps.items()):
+            limit = float(np.abs(values[i]).max()) or 1e-12
+            ax.imshow(images[i].mean(0), cmap="gray", alpha=0.15)
+            ax.imshow(values[i], cmap=red_transparent_blue, vmin=-limit, vmax=limit)
+            ax.set_title(method, fontsize=6)
+        for ax in row:
+            ax.axis("off")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def agreement_matrix(matrix: pd.DataFrame, path: Path) -> Path:
+    """Mean Spearman correlation between methods (symmetric, 1 on the diagonal)."""
+    fig, ax = plt.subplots(figsize=(4.2, 3.4))
+    im = ax.imshow(matrix.to_numpy(), cmap="RdYlGn", vmin=-1, vmax=1)
+    labels = list(matrix.columns)
+    ax.set_xticks(range(len(labels)), labels, rotation=40, ha="right", fontsize=6)
+    ax.set_yticks(range(len(labels)), labels, fontsize=6)
+    for (i, j), value in np.ndenumerate(matrix.to_numpy()):
+        ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6)
+    ax.set_title("mean rank correlation of attributions", fontsize=7)
+    fig.colorbar(im, ax=ax, fraction=0.04).ax.tick_params(labelsize=5)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def slice_bars(slices: pd.DataFrame, overall: float, path: Path) -> Path:
+    """Accuracy per slice, grouped by slicing; flagged slices in red, the overall accuracy as a line."""
+    shown = slices[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.2 * len(shown) + 0.9))
+    labels = [f"{s[:18]}: {v[:22]} (n={n})" for s, v, n in zip(shown["slicing"], shown["slice"], shown["n_rows"])]
+    ax.barh(labels, shown["accuracy"], color=["#d62728" if f else "#4c72b0" for f in shown["flagged"]])
+    ax.axvline(overall, color="black", linestyle="--", linewidth=0.8, label=f"overall {overall:.3f}")
+    ax.set_xlim(max(0.0, min(shown["accuracy"].min(), overall) - 0.1), 1.0)
+    ax.set_xlabel("validation accuracy (red: flagged)", fontsize=7)
+    ax.tick_params(labelsize=5)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -13,15 +13,16 @@ import pyarrow.parquet as pq
 from tasks import figures
 from tasks.artifacts import MANIFEST_NAME, build_manifest, sha256_file, write_manifest
 from tasks.explain import read_shap_values
-from tasks.gradients import IG_STEPS
+from tasks import report_sections as sections
 from tasks.inspect_weights import NEAR_ZERO, first_conv_filters, weight_histograms, write_weight_statistics
 from tasks.load import read_split
-from tasks.model import load_weights
+from tasks.model import CNNConfig, load_weights
 from tasks.render import RunFilesFetcher, render_pdf
 from tasks.train import predict_logits
 
 ADDITIVITY_THRESHOLD = 1e-4  # on probabilities; larger residuals are flagged in the report
 MAX_SAMPLE_IMAGES = 8
+REASONS_SHOWN = 3  # features named in a table row's reason codes
 REGIONS = [["upper left", "upper centre", "upper right"], ["middle left", "centre", "middle right"],
            ["lower left", "lower centre", "lower right"]]
 
@@ -46,32 +47,41 @@ def describe_mistake(values: np.ndarray, true: int, pred: int, names: list[str],
     )
 
 
-MAX_GRADIENT_ROWS = 8  # images shown in the gradient attribution figure
+def describe_table_mistake(values: np.ndarray, row: np.ndarray, true: int, pred: int, names: list[str],
+                           probs: np.ndarray, feature_names: list[str]) -> str:
+    """One paragraph, in words, on which feature values pushed a table row to the wrong class."""
+    towards = sections.reason_codes(values[pred], row, feature_names, REASONS_SHOWN)
+    against = sections.reason_codes(-values[true], row, feature_names, REASONS_SHOWN)
+    return (f"The model gave '{names[pred]}' probability {probs[pred]:.2f} and the true class '{names[true]}' "
+            f"{probs[true]:.2f}. Pushing towards '{names[pred]}': {'; '.join(towards) or 'no feature'}. "
+            f"Lowering '{names[true]}' (SHAP values shown for '{names[true]}' with their sign flipped): "
+            f"{'; '.join(against) or 'no feature'}.")
 
 
-def gradient_section(run_dir: Path, gradients: dict, val_split, names: list[str]) -> dict:
-    """The report's gradient attribution part: a figure of saliency and IG maps, and IG's completeness."""
-    table = pq.read_table(gradients["gradients"]["path"]).to_pandas()
-    shape = val_split.inputs.shape[1:]
-    index = {sid: i for i, sid in enumerate(val_split.source_ids)}
-    shown = table.head(MAX_GRADIENT_ROWS)
-    figure = figures.gradient_grid(
-        val_split.inputs[[index[s] for s in shown["source_id"]]],
-        np.stack(shown["saliency"].to_numpy()).reshape(-1, *shape),
-        np.stack(shown["integrated_gradients"].to_numpy()).reshape(-1, *shape),
-        [f"{sid[:22]}\nclass {names[k][:12]}" for sid, k in zip(shown["source_id"], shown["class_index"])],
-        run_dir / "figures" / "gradients.png")
-    errors = table["ig_completeness_error"].to_numpy()
-    return {"figure": figure.relative_to(run_dir).as_posix(), "max": float(errors.max()),
-            "mean": float(errors.mean()), "n": len(table), "shown": len(shown), "steps": IG_STEPS}
+def model_description(config) -> str:
+    if isinstance(config, CNNConfig):
+        return (f"Reference CNN: {len(config.widths)} conv layers, {config.num_classes} classes, "
+                f"{config.in_channels} input channel(s)")
+    return (f"Reference MLP: standardisation, Dense {config.hidden} + ReLU, Dense {config.num_classes}; "
+            f"{config.in_features} features")
+
+
+def feature_summary(split) -> list[dict]:
+    """Per feature column of a table split: mean, standard deviation, minimum and maximum."""
+    x = split.inputs.astype(np.float64)
+    return [{"name": name, "mean": float(x[:, j].mean()), "std": float(x[:, j].std()), "min": float(x[:, j].min()),
+             "max": float(x[:, j].max())} for j, name in enumerate(split.feature_names)]
 
 
 def render_report(run_dir: Path, load: dict, train: dict, explain: dict, params: dict, environment: dict,
-                  flow_run: dict, gradients: dict | None = None, fetcher: RunFilesFetcher | None = None) -> dict:
+                  flow_run: dict, analyses: dict | None = None, fetcher: RunFilesFetcher | None = None) -> dict:
     """Make the figures, render ``report.pdf`` and write ``manifest.json``; return their paths and hashes.
 
+    `analyses` holds the results of the optional technique steps (gradients, permutation,
+    partial_dependence, kernel_shap, lime, slices, agreement); a missing one leaves its section out.
     `fetcher` (default: a fresh one for `run_dir`) is the only way the renderer reads files.
     """
+    analyses = analyses or {}
     run_dir = Path(run_dir)
     fig_dir = run_dir / "figures"
     train_split = read_split(Path(load["train"]["path"]))
@@ -87,33 +97,43 @@ def render_report(run_dir: Path, load: dict, train: dict, explain: dict, params:
     weight_stats = write_weight_statistics(model, run_dir / "inspect" / "weights.parquet")
     val_pred = predict_logits(model, val_split.inputs).argmax(1).numpy()
 
+    is_table = train_split.modality == "table"
     figs = {
-        "samples": figures.sample_grid(train_split.inputs, train_split.labels, names, fig_dir / "samples.png",
-                                       MAX_SAMPLE_IMAGES),
+        "samples": None if is_table else figures.sample_grid(train_split.inputs, train_split.labels, names,
+                                                             fig_dir / "samples.png", MAX_SAMPLE_IMAGES),
         "curves": figures.training_curves(metrics, fig_dir / "training_curves.png"),
         "confusion": figures.confusion_matrix(val_split.labels, val_pred, names, fig_dir / "confusion_matrix.png"),
         "weights": weight_histograms(model, fig_dir / "weight_histograms.png"),
-        "filters": first_conv_filters(model, fig_dir / "first_conv_filters.png"),
+        "filters": None if is_table else first_conv_filters(model, fig_dir / "first_conv_filters.png"),
         "additivity": figures.additivity_histogram(explained["additivity_error"].to_numpy(), ADDITIVITY_THRESHOLD,
                                                    fig_dir / "additivity.png"),
     }
     source_index = {sid: i for i, sid in enumerate(val_split.source_ids)}
     cases = []
     for row in explained.itertuples(index=False):
-        image = val_split.inputs[source_index[row.source_id]]
+        x = val_split.inputs[source_index[row.source_id]]
         probs = np.asarray(row.probabilities)
-        titles = [f"{name[:12]} {probs[k]:.2f}" for k, name in enumerate(names)]
-        heading = f"true {names[row.label][:12]}\npred {names[row.predicted][:12]}"
-        path = figures.shap_image_plot(image, values[row.position], titles,
-                                       fig_dir / f"shap_{row.position:04d}.png", heading)
+        path = fig_dir / f"shap_{row.position:04d}.png"
+        if is_table:
+            figures.feature_bars(values[row.position, row.predicted], val_split.feature_names,
+                                 f"{row.source_id}: SHAP values for '{names[row.predicted]}' ({probs[row.predicted]:.2f})",
+                                 path)
+        else:
+            titles = [f"{name[:12]} {probs[k]:.2f}" for k, name in enumerate(names)]
+            heading = f"true {names[row.label][:12]}\npred {names[row.predicted][:12]}"
+            figures.shap_image_plot(x, values[row.position], titles, path, heading)
         case = {
             "position": row.position, "source_id": row.source_id, "true": names[row.label],
             "predicted": names[row.predicted], "confidence": float(row.confidence),
             "correct": row.label == row.predicted, "additivity_error": float(row.additivity_error),
             "figure": path.relative_to(run_dir).as_posix(),
         }
+        case["reasons"] = (sections.reason_codes(values[row.position, row.predicted], x, val_split.feature_names)
+                           if is_table else [])
         if not case["correct"]:
-            case["narrative"] = describe_mistake(values[row.position], row.label, row.predicted, names, probs, expected)
+            case["narrative"] = (describe_table_mistake(values[row.position], x, row.label, row.predicted, names, probs,
+                                                        val_split.feature_names) if is_table else
+                                 describe_mistake(values[row.position], row.label, row.predicted, names, probs, expected))
         cases.append(case)
 
     last_val = per_class[(per_class["split"] == "validation") & (per_class["epoch"] == per_class["epoch"].max())]
@@ -121,8 +141,7 @@ def render_report(run_dir: Path, load: dict, train: dict, explain: dict, params:
     errors = explained["additivity_error"].to_numpy()
     context = {
         "title": {
-            "model": f"Reference CNN: {len(model_config.widths)} conv layers, {model_config.num_classes} classes, "
-                     f"{model_config.in_channels} input channel(s)",
+            "model": model_description(model_config),
             "dataset": load["dataset"], "run_id": run_dir.name,
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "flow_run_id": flow_run.get("id") or "not run under Prefect",
@@ -141,7 +160,8 @@ def render_report(run_dir: Path, load: dict, train: dict, explain: dict, params:
             "classes": [{"name": n, "train": t, "validation": v}
                         for n, t, v in zip(names, load["train"]["class_counts"], load["validation"]["class_counts"])],
             "input_shape": load["input_shape"], "provenance": load["provenance"],
-            "samples": figs["samples"].relative_to(run_dir).as_posix(),
+            "samples": figs["samples"].relative_to(run_dir).as_posix() if figs["samples"] else None,
+            "features": feature_summary(train_split) if is_table else [],
         },
         "training": {
             "curves": figs["curves"].relative_to(run_dir).as_posix(),
@@ -152,7 +172,7 @@ def render_report(run_dir: Path, load: dict, train: dict, explain: dict, params:
         "weights": {
             "table": weight_stats.to_dict("records"), "near_zero": NEAR_ZERO,
             "histograms": figs["weights"].relative_to(run_dir).as_posix(),
-            "filters": figs["filters"].relative_to(run_dir).as_posix(),
+            "filters": figs["filters"].relative_to(run_dir).as_posix() if figs["filters"] else None,
         },
         "validation": {
             "classes": last_val.to_dict("records"),
@@ -160,7 +180,17 @@ def render_report(run_dir: Path, load: dict, train: dict, explain: dict, params:
             "final": final,
         },
         "cases": cases,
-        "gradients": gradient_section(run_dir, gradients, val_split, names) if gradients else None,
+        "gradients": sections.gradient_section(run_dir, analyses["gradients"], val_split, names)
+                     if "gradients" in analyses else None,
+        "permutation": sections.permutation_section(run_dir, analyses["permutation"])
+                       if "permutation" in analyses else None,
+        "global_shap": sections.global_shap_section(run_dir, values, val_split),
+        "partial_dependence": sections.partial_dependence_section(run_dir, analyses.get("partial_dependence"), names),
+        "local_methods": sections.local_methods_section(run_dir, analyses["kernel_shap"], analyses["lime"], val_split,
+                                                        explained, names)
+                         if "kernel_shap" in analyses and "lime" in analyses else None,
+        "slices": sections.slices_section(run_dir, analyses["slices"]) if "slices" in analyses else None,
+        "agreement": sections.agreement_section(run_dir, analyses["agreement"]) if "agreement" in analyses else None,
         "quality": {
             "max": float(errors.max()), "mean": float(errors.mean()), "threshold": ADDITIVITY_THRESHOLD,
             "over": int((errors > ADDITIVITY_THRESHOLD).sum()),
@@ -171,6 +201,7 @@ def render_report(run_dir: Path, load: dict, train: dict, explain: dict, params:
             "artifacts": [{"path": p, **info} for p, info in build_manifest(run_dir)["files"].items()],
         },
         "class_names": names,
+        "modality": train_split.modality,
     }
     pdf = render_pdf("report.html.j2", context, run_dir, run_dir / "report.pdf", fetcher=fetcher)
     manifest = write_manifest(run_dir, {"parameters": params, "environment": environment, "flow_run": flow_run})

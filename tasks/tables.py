@@ -60,17 +60,18 @@ def table_to_dataset(table: pa.Table, label: str, name: str, source: str) -> Dat
     features = [c for c in columns if c != label]
     if not features:
         raise InputError(f"{name}: no feature columns besides the label {label!r}")
-    not_numeric = [f"{c} ({table.schema.field(c).type})" for c in features if not _is_numeric(table.schema.field(c).type)]
+    not_numeric = [f"{c!r} ({table.schema.field(c).type})" for c in features
+                   if not _is_numeric(table.schema.field(c).type)]
     if not_numeric:
-        raise InputError(f"{name}: feature columns must be numeric; not numeric: {_shown(not_numeric)}")
-    missing = [f"{c} ({table.column(c).null_count} missing)" for c in features + [label] if table.column(c).null_count]
+        raise InputError(f"{name}: feature columns must be numeric; not numeric: {_shown(not_numeric, quote=False)}")
+    missing = [f"{c!r} ({table.column(c).null_count} rows)" for c in features + [label] if table.column(c).null_count]
     if missing:
-        raise InputError(f"{name}: missing values in {_shown(missing)}")
+        raise InputError(f"{name}: missing values in {_shown(missing, quote=False)}")
     inputs = np.column_stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in features])
     bad = ~np.isfinite(inputs)
     if bad.any():
-        named = [f"{features[j]} ({int(bad[:, j].sum())} rows)" for j in np.flatnonzero(bad.any(0))]
-        raise InputError(f"{name}: NaN or infinite values in {_shown(named)}")
+        named = [f"{features[j]!r} ({int(bad[:, j].sum())} rows)" for j in np.flatnonzero(bad.any(0))]
+        raise InputError(f"{name}: NaN or infinite values in {_shown(named, quote=False)}")
     too_big = np.abs(inputs) > np.finfo(np.float32).max
     if too_big.any():
         named = [features[j] for j in np.flatnonzero(too_big.any(0))]
@@ -119,9 +120,9 @@ def _encode_labels(column: pa.ChunkedArray, name: str, label: str) -> tuple[np.n
             or pa.types.is_dictionary(kind)):
         raise InputError(f"{name}: label column {label!r} has type {kind}; use numbers or text")
     distinct = pc.unique(column.combine_chunks()).to_pylist()
-    if len(distinct) > MAX_CLASSES:
-        raise InputError(f"{name}: label column {label!r} has {len(distinct)} distinct values, more than "
-                         f"{MAX_CLASSES} classes (a continuous target?)")
+    if len(distinct) > min(MAX_CLASSES, len(column) // 2):
+        raise InputError(f"{name}: label column {label!r} has {len(distinct)} distinct values in {len(column)} rows: "
+                         "too many classes (a continuous target?)")
     ordered = sorted(distinct, key=lambda v: (isinstance(v, str), v))
     index = {value: i for i, value in enumerate(ordered)}
     labels = np.array([index[v] for v in column.to_pylist()], dtype=np.int64)
@@ -134,9 +135,9 @@ def _class_name(value) -> str:
     return str(value)
 
 
-def _shown(names: list[str]) -> str:
+def _shown(names: list[str], quote: bool = True) -> str:
     more = f" and {len(names) - MAX_NAMES_SHOWN} more" if len(names) > MAX_NAMES_SHOWN else ""
-    return ", ".join(repr(n) for n in names[:MAX_NAMES_SHOWN]) + more
+    return ", ".join(repr(n) if quote else n for n in names[:MAX_NAMES_SHOWN]) + more
 
 
 def _first_line(exc: Exception) -> str:

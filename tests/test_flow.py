@@ -10,9 +10,17 @@ from pypdf import PdfReader
 
 from tasks.artifacts import sha256_file
 
-SECTIONS = ("Model compliance report", "1. Summary", "2. Data", "3. Training",
-            "Weights and biases", "4. Validation metrics", "Gradient attribution",
-            "5. Explanations", "6. Misclassified images", "7. Explanation quality", "Appendix: reproducibility")
+SECTIONS = ("Model compliance report", "1. Summary", "2. Data", "3. Training", "Weights and biases",
+            "4. Validation metrics", "Sliced analysis", "5. Global explanations", "Permutation feature importance",
+            "Global SHAP importance", "6. Explanations of individual decisions", "DeepSHAP", "Gradient attribution",
+            "Model-agnostic SHAP (Kernel SHAP)", "LIME", "8. Explanation quality", "Method agreement",
+            "Appendix: reproducibility")
+TASKS = ["explain", "gradients", "kernel-shap", "lime", "load", "method-agreement", "permutation-importance", "report",
+         "slices", "train"]
+
+
+def pdf_text(path) -> str:
+    return "\n".join(page.extract_text() for page in PdfReader(path).pages)
 
 
 @pytest.fixture(scope="module")
@@ -25,15 +33,26 @@ def flow_result(prefect_server, tmp_path_factory):
     return state, state.result()
 
 
+@pytest.fixture(scope="module")
+def table_flow_result(prefect_server, tmp_path_factory):
+    from flows.compliance_report import compliance_report
+
+    out = tmp_path_factory.mktemp("table-reports")
+    state = compliance_report(dataset="breast-cancer", epochs=3, background=40, explain=6, seed=0, out=str(out),
+                              return_state=True)
+    return state, state.result()
+
+
 @pytest.mark.slow
 def test_flow_writes_a_complete_run_directory(flow_result):
     _, result = flow_result
     from pathlib import Path
 
     run_dir = Path(result["run_dir"])
-    text = "\n".join(page.extract_text() for page in PdfReader(result["pdf"]).pages)
-    for section in SECTIONS:
+    text = pdf_text(result["pdf"])
+    for section in SECTIONS + ("7. Misclassified images", "per image region", "per colour channel"):
         assert section in text, section
+    assert "Partial dependence" not in text  # a table technique
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert "report.pdf" in manifest["files"] and "model/model.safetensors" in manifest["files"]
@@ -65,7 +84,7 @@ def test_the_server_recorded_four_task_runs_and_the_artifacts(flow_result):
         async with get_client() as client:
             flow_run = await client.read_flow_run(state.state_details.flow_run_id)
             tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])),
-                                                sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=20)
+                                                sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=50)
             # This server (prefect 3.8.8, fastapi 0.154) answers 422 to the client's null filters: leave them out.
             response = await client._client.post("/artifacts/filter", json={
                 "artifacts": {"flow_run_id": {"any_": [str(flow_run.id)]}}, "sort": "KEY_ASC", "limit": 20})
@@ -74,7 +93,32 @@ def test_the_server_recorded_four_task_runs_and_the_artifacts(flow_result):
 
     flow_run, task_runs, artifacts = asyncio.run(query())
     assert flow_run.state.is_completed()
-    assert sorted(t.name.rsplit("-", 1)[0] for t in task_runs) == ["explain", "gradients", "load", "report", "train"]
+    assert sorted(t.name.rsplit("-", 1)[0] for t in task_runs) == TASKS
     assert all(t.state.is_completed() for t in task_runs)
     assert "gpu" in next(t for t in task_runs if t.name.startswith("explain")).tags
     assert {a["key"] for a in artifacts} >= {"compliance-summary", "validation-metrics", "report-pdf"}
+
+
+@pytest.mark.slow
+def test_a_breast_cancer_report_has_every_technique_for_tables(table_flow_result):
+    state, result = table_flow_result
+    from pathlib import Path
+
+    from sklearn.datasets import load_breast_cancer
+
+    assert state.is_completed()
+    text = pdf_text(result["pdf"])
+    for section in SECTIONS + ("7. Misclassified rows", "Partial dependence and ICE", "Features (training split)",
+                               "Reason codes", "Reference MLP"):
+        assert section in text, section
+    assert "mean radius" in text and "per image region" not in text  # feature names flow into the report
+    run_dir = Path(result["run_dir"])
+    for name in ("analysis/permutation_importance.parquet", "analysis/partial_dependence.parquet",
+                 "analysis/slices.parquet", "analysis/agreement.parquet", "explain/kernel_shap.parquet",
+                 "explain/lime.parquet", "explain/gradients.parquet"):
+        assert (run_dir / name).is_file(), name
+    importance = pq.read_table(run_dir / "analysis" / "permutation_importance.parquet").to_pandas()
+    assert sorted(importance["name"]) == sorted(load_breast_cancer().feature_names)
+    from tasks.verify import verify_run
+
+    assert verify_run(run_dir) == []

@@ -1,0 +1,97 @@
+"""Table sources: breast-cancer, csv:FILE and parquet:FILE with --label; and the reference MLP."""
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from tasks.datasets import load_dataset
+from tasks.errors import InputError
+from tasks.load import load_data, read_split
+from tasks.model import load_weights
+from tasks.train import reference_model, train_model
+
+
+def write_table(path, frame: pd.DataFrame):
+    if path.suffix == ".csv":
+        frame.to_csv(path, index=False)
+    else:
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
+    return path
+
+
+def small_frame(n: int = 40) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    return pd.DataFrame({"income": rng.normal(50, 10, n), "age": rng.integers(18, 90, n),
+                         "defaulted": np.where(np.arange(n) % 2, "yes", "no")})
+
+
+def test_breast_cancer_is_a_table_with_named_features():
+    data = load_dataset("breast-cancer")
+    assert data.modality == "table" and data.inputs.shape == (569, 30)
+    assert data.class_names == ["malignant", "benign"] and data.feature_names[0] == "mean radius"
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_csv_or_parquet_file_with_a_label_column(tmp_path, suffix):
+    path = write_table(tmp_path / f"loans{suffix}", small_frame())
+    data = load_dataset(f"{suffix[1:]}:{path}", label="defaulted")
+    assert data.feature_names == ["income", "age"] and data.class_names == ["no", "yes"]
+    np.testing.assert_array_equal(data.labels[:4], [0, 1, 0, 1])
+    assert data.source_ids[3] == f"loans{suffix}:row 3"
+
+
+def test_numeric_labels_are_ordered_by_value(tmp_path):
+    frame = small_frame().assign(defaulted=[10, 2, 2, 10] * 10)
+    data = load_dataset(f"csv:{write_table(tmp_path / 'x.csv', frame)}", label="defaulted")
+    assert data.class_names == ["2", "10"]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda f: f.drop(columns="defaulted"), "no label column 'defaulted'; the columns are 'income', 'age'"),
+    (lambda f: f.assign(region="north"), "not numeric: 'region"),
+    (lambda f: f.assign(income=[np.nan] + [1.0] * 39), "missing values in 'income' \\(1 rows\\)"),
+    (lambda f: f.assign(age=[np.inf] * 40), "NaN or infinite values in 'age'"),
+    (lambda f: f.assign(defaulted="yes"), "single class"),
+    (lambda f: f.assign(defaulted=np.arange(40) * 0.5), "40 distinct values"),
+    (lambda f: f[["defaulted"]], "no feature columns"),
+    (lambda f: f.iloc[:0], "is empty"),
+])
+def test_bad_tables_are_refused_with_the_problem_named(tmp_path, change, message):
+    path = write_table(tmp_path / "bad.parquet", change(small_frame()))
+    with pytest.raises(InputError, match=message):
+        load_dataset(f"parquet:{path}", label="defaulted")
+
+
+def test_corrupt_files_and_missing_label_option(tmp_path):
+    good = write_table(tmp_path / "good.parquet", small_frame())
+    truncated = tmp_path / "truncated.parquet"
+    truncated.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(InputError, match="truncated.parquet: not a readable Parquet file"):
+        load_dataset(f"parquet:{truncated}", label="defaulted")
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("a,b,label\n1,2,x\n3,4\n")
+    with pytest.raises(InputError, match="ragged.csv: not a readable CSV file"):
+        load_dataset(f"csv:{ragged}", label="label")
+    with pytest.raises(InputError, match="needs --label COLUMN"):
+        load_dataset(f"parquet:{good}")
+    with pytest.raises(InputError, match="--label is for csv:FILE and parquet:FILE"):
+        load_dataset("digits", label="defaulted")
+
+
+def test_the_mlp_standardises_in_its_first_layer_and_round_trips(tmp_path):
+    loaded = load_data("breast-cancer", tmp_path, seed=0, val_fraction=0.2)
+    train = read_split(loaded["train"]["path"])
+    assert train.modality == "table" and train.feature_names[0] == "mean radius"
+    model, config = reference_model(train)
+    with torch.no_grad():
+        z = model[0](torch.from_numpy(train.inputs)).double().numpy()
+    np.testing.assert_allclose(z.mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(z.std(0), 1, atol=1e-3)
+    trained = train_model(loaded["train"]["path"], loaded["validation"]["path"], loaded["run_dir"], 2, 64, 0)
+    assert trained["final_validation"]["accuracy"] > 0.85
+    model, config, _ = load_weights(trained["weights"]["path"])
+    assert config.in_features == 30 and config.hidden == 64
+    assert not model[0].weight.requires_grad
