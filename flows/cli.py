@@ -139,6 +139,8 @@ def run_command(args: argparse.Namespace) -> int:
     config = RunConfig(dataset=args.dataset, label=args.label, epochs=args.epochs, background=args.background,
                        explain=args.explain, seed=args.seed, out=args.out, shap_engine=args.shap_engine)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # A busy 2-core machine (two runs at once) can take longer than Prefect's 20 s to start its local server.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     check_prefect_api()
     _quiet_console(args.verbose)
     from flows.compliance_report import compliance_report

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,10 @@ def validate_dataset(dataset: Dataset) -> None:
     if not np.isfinite(dataset.inputs).all():
         raise InputError(f"dataset {dataset.name} has NaN or infinite input values")
     k = len(dataset.class_names)
+    invisible = [name for name in dataset.class_names if not any(_visible(ch) for ch in name)]
+    if invisible:
+        raise InputError(f"dataset {dataset.name}: class names {invisible[:5]} have no visible character; "
+                         "a report could not show them")
     if dataset.labels.min() < 0 or dataset.labels.max() >= k:
         raise InputError(f"dataset {dataset.name} has labels outside 0..{k - 1}")
     counts = np.bincount(dataset.labels, minlength=k)
@@ -86,6 +91,11 @@ def validate_dataset(dataset: Dataset) -> None:
             f"dataset {dataset.name}: classes {sparse[:5]}{more} have fewer than 2 rows, "
             "too few to split into training and validation"
         )
+
+
+def _visible(ch: str) -> bool:
+    """A character that prints something (not a space, control, format or unassigned code point)."""
+    return unicodedata.category(ch)[0] not in "ZC"
 
 
 def resize_images(images: torch.Tensor, size: int = IMAGE_SIZE) -> torch.Tensor:

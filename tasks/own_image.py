@@ -15,7 +15,7 @@ from tasks.errors import InputError
 from tasks.explain import additivity_errors, background_images
 from tasks.figures import shap_image_plot
 from tasks.load import read_split
-from tasks.model import load_weights, probabilities
+from tasks.model import CNNConfig, load_weights, probabilities
 from tasks.render import render_pdf
 
 
@@ -31,6 +31,8 @@ def explain_image(image_path: Path, run_dir: Path, out_dir: Path) -> dict:
             raise InputError(f"{run_dir} is not a finished run directory: {needed.relative_to(run_dir)} is missing")
 
     model, config, _ = load_weights(weights)
+    if not isinstance(config, CNNConfig):
+        raise InputError(f"{run_dir} holds a table model (reference MLP); explain-image needs a run on image data")
     mode = "L" if config.in_channels == 1 else "RGB"
     image = read_image(image_path, mode)  # (C, 32, 32) in [0, 1], or InputError naming the file
     train = read_split(train_path)

@@ -65,3 +65,13 @@ def test_cli_prints_prediction_and_paths(finished_run, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "flows.cli", "explain-image", str(tmp_path / "missing.png"),
                           "--run", run_dir], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "does not exist" in bad.stderr
+
+
+def test_a_table_models_run_is_refused(finished_run, tmp_path):
+    root, _ = finished_run
+    loaded = load_data("breast-cancer", tmp_path / "out", seed=0, val_fraction=0.2)
+    trained = train_model(loaded["train"]["path"], loaded["validation"]["path"], loaded["run_dir"], 1, 64, 0)
+    explain_model(trained["weights"]["path"], loaded["train"]["path"], loaded["validation"]["path"],
+                  loaded["run_dir"], background=10, explain=2, seed=0)
+    with pytest.raises(InputError, match="holds a table model"):
+        explain_image(root / "dark" / "0.png", loaded["run_dir"], tmp_path / "explanations")

@@ -83,12 +83,48 @@ def test_report_pdf_has_every_section_and_metadata(hostile_run):
     reader = PdfReader(report["pdf"]["path"])
     text = pdf_text(report["pdf"]["path"])
     for heading in ("Model compliance report", "1. Summary", "2. Data", "3. Training",
-                    "Weights and biases", "4. Validation metrics", "5. Explanations",
-                    "6. Misclassified images", "7. Explanation quality",
+                    "Weights and biases", "4. Validation metrics", "6. Explanations of individual decisions",
+                    "7. Misclassified images", "8. Explanation quality",
                     "Appendix: reproducibility", "Artifacts (SHA-256)"):
         assert heading in text, heading
     assert reader.metadata.title.startswith("Compliance report: cifar10:")
     assert np.isfinite(len(reader.pages)) and len(reader.pages) >= 8
+
+
+@pytest.fixture(scope="module")
+def hostile_table_run(prefect_server, tmp_path_factory):
+    """A whole table run with every technique (without Prefect); hostile column and class names."""
+    import pandas as pd
+
+    from flows.compliance_report import explain_further
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({name: rng.normal(size=120) for name in HOSTILE[1:]})
+    frame["plain"] = rng.normal(size=120)
+    frame["target"] = np.where(frame["plain"] > 0, HOSTILE[0], "ok")
+    path = tmp_path_factory.mktemp("table") / "hostile.csv"
+    frame.to_csv(path, index=False)
+    loaded = load_data(f"csv:{path}", tmp_path_factory.mktemp("out"), seed=0, val_fraction=0.3, label="target")
+    run_dir = loaded["run_dir"]
+    trained = train_model(loaded["train"]["path"], loaded["validation"]["path"], run_dir, 3, 16, 0)
+    explained = explain_model(trained["weights"]["path"], loaded["train"]["path"], loaded["validation"]["path"],
+                              run_dir, background=20, explain=6, seed=0)
+    analyses = explain_further(run_dir, loaded, trained, explained, 0)  # the flow's own wiring of the steps
+    fetcher = RunFilesFetcher(run_dir)
+    params = {"dataset": "csv", "epochs": 3, "background": 20, "explain": 6, "seed": 0}
+    report = render_report(run_dir, loaded, trained, explained, params, environment(), {"id": None}, analyses, fetcher)
+    return loaded, report, fetcher
+
+
+def test_hostile_column_and_class_names_in_a_table_report_come_out_as_text(hostile_table_run):
+    loaded, report, fetcher = hostile_table_run
+    text = " ".join(pdf_text(report["pdf"]["path"]).split())
+    for name in HOSTILE:
+        assert " ".join(name.split()) in text, name
+    for heading in ("Permutation feature importance", "Partial dependence and ICE", "LIME", "Method agreement"):
+        assert heading in text
+    assert fetcher.refused == []
+    assert all(url.startswith("file://" + loaded["run_dir"] + "/figures/") for url in fetcher.requested)
 
 
 _OPENED: list[str] | None = None  # set while a test records the files Python opens

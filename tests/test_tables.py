@@ -95,3 +95,9 @@ def test_the_mlp_standardises_in_its_first_layer_and_round_trips(tmp_path):
     model, config, _ = load_weights(trained["weights"]["path"])
     assert config.in_features == 30 and config.hidden == 64
     assert not model[0].weight.requires_grad
+
+
+def test_a_class_name_with_nothing_visible_is_refused(tmp_path):
+    frame = small_frame().assign(defaulted=["\xad", "ok"] * 20)
+    with pytest.raises(InputError, match="no visible character"):
+        load_dataset(f"csv:{write_table(tmp_path / 'x.csv', frame)}", label="defaulted")
