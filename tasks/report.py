@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from tasks import figures
 from tasks.artifacts import MANIFEST_NAME, build_manifest, sha256_file, write_manifest

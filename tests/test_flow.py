@@ -20,7 +20,8 @@ TASKS = ["explain", "gradients", "kernel-shap", "lime", "load", "method-agreemen
 
 
 def pdf_text(path) -> str:
-    return "\n".join(page.extract_text() for page in PdfReader(path).pages)
+    """The PDF's text with every run of whitespace (line breaks included) as one space."""
+    return " ".join(" ".join(page.extract_text() for page in PdfReader(path).pages).split())
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def test_flow_writes_a_complete_run_directory(flow_result):
 
     run_dir = Path(result["run_dir"])
     text = pdf_text(result["pdf"])
-    for section in SECTIONS + ("7. Misclassified images", "per image region", "per colour channel"):
+    for section in SECTIONS + ("7. Misclassified images", "image region or colour channel", "Channel"):
         assert section in text, section
     assert "Partial dependence" not in text  # a table technique
 
@@ -111,7 +112,7 @@ def test_a_breast_cancer_report_has_every_technique_for_tables(table_flow_result
     for section in SECTIONS + ("7. Misclassified rows", "Partial dependence and ICE", "Features (training split)",
                                "Reason codes", "Reference MLP"):
         assert section in text, section
-    assert "mean radius" in text and "per image region" not in text  # feature names flow into the report
+    assert "mean radius" in text and "image region" not in text  # feature names flow into the report
     run_dir = Path(result["run_dir"])
     for name in ("analysis/permutation_importance.parquet", "analysis/partial_dependence.parquet",
                  "analysis/slices.parquet", "analysis/agreement.parquet", "explain/kernel_shap.parquet",
