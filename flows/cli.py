@@ -145,9 +145,9 @@ def run_command(args: argparse.Namespace) -> int:
     _quiet_console(args.verbose)
     from flows.compliance_report import compliance_report
 
-    result = compliance_report(dataset=config.dataset, label=config.label, epochs=config.epochs, background=config.background,
-                               explain=config.explain, seed=config.seed, out=str(config.out),
-                               shap_engine=config.shap_engine)
+    result = compliance_report(dataset=config.dataset, label=config.label, epochs=config.epochs,
+                               background=config.background, explain=config.explain, seed=config.seed,
+                               out=str(config.out), shap_engine=config.shap_engine)
     print(f"validation accuracy: {result['validation_accuracy']:.3f}; "
           f"largest SHAP additivity error: {result['max_additivity_error']:.2e}")
     print(f"run directory: {result['run_dir']}")

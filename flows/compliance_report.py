@@ -13,30 +13,30 @@ from prefect import flow, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
-from tasks.agreement import agreement_step
+from tasks.agreement import measure_agreement
 from tasks.config import RunConfig
 from tasks.explain import explain_model
 from tasks.gradients import gradient_attributions
-from tasks.kernel_shap import kernel_shap_step
-from tasks.lime_explain import lime_step
+from tasks.kernel_shap import explain_kernel_shap
+from tasks.lime_explain import explain_lime
 from tasks.load import load_data
-from tasks.partial_dependence import partial_dependence_step
-from tasks.permutation import permutation_importance_step
+from tasks.partial_dependence import compute_partial_dependence
+from tasks.permutation import compute_permutation_importance
 from tasks.provenance import environment
 from tasks.report import render_report
-from tasks.slices import slices_step
+from tasks.slices import analyse_slices
 from tasks.train import train_model
 
 load_step = task(load_data, name="load")
 train_step = task(train_model, name="train")
 explain_step = task(explain_model, name="explain", tags=["gpu"])
 gradients_step = task(gradient_attributions, name="gradients")
-permutation_task = task(permutation_importance_step, name="permutation-importance")
-partial_dependence_task = task(partial_dependence_step, name="partial-dependence")
-kernel_shap_task = task(kernel_shap_step, name="kernel-shap")
-lime_task = task(lime_step, name="lime")
-slices_task = task(slices_step, name="slices")
-agreement_task = task(agreement_step, name="method-agreement")
+permutation_step = task(compute_permutation_importance, name="permutation-importance")
+partial_dependence_step = task(compute_partial_dependence, name="partial-dependence")
+kernel_shap_step = task(explain_kernel_shap, name="kernel-shap")
+lime_step = task(explain_lime, name="lime")
+slices_step = task(analyse_slices, name="slices")
+agreement_step = task(measure_agreement, name="method-agreement")
 report_step = task(render_report, name="report")
 
 
@@ -75,14 +75,14 @@ def explain_further(run_dir: str, loaded: dict, trained: dict, explained: dict, 
     weights, train, validation = trained["weights"]["path"], loaded["train"]["path"], loaded["validation"]["path"]
     rows, background = explained["explained"]["path"], explained["background"]["path"]
     analyses = {"gradients": gradients_step(weights, train, validation, rows, background, run_dir),
-                "permutation": permutation_task(weights, validation, run_dir, seed)}
+                "permutation": permutation_step(weights, validation, run_dir, seed)}
     importance = analyses["permutation"]["permutation_importance"]["path"]
     if loaded["modality"] == "table":
-        analyses["partial_dependence"] = partial_dependence_task(weights, validation, importance, run_dir)
-    analyses["kernel_shap"] = kernel_shap_task(weights, train, validation, rows, background, run_dir, seed)
-    analyses["lime"] = lime_task(weights, train, validation, rows, run_dir, seed)
-    analyses["slices"] = slices_task(weights, validation, importance, run_dir)
-    analyses["agreement"] = agreement_task(run_dir, loaded, explained, analyses["gradients"], analyses["lime"],
+        analyses["partial_dependence"] = partial_dependence_step(weights, validation, importance, run_dir)
+    analyses["kernel_shap"] = kernel_shap_step(weights, train, validation, rows, background, run_dir, seed)
+    analyses["lime"] = lime_step(weights, train, validation, rows, run_dir, seed)
+    analyses["slices"] = slices_step(weights, validation, importance, run_dir)
+    analyses["agreement"] = agreement_step(run_dir, loaded, explained, analyses["gradients"], analyses["lime"],
                                            analyses["kernel_shap"], analyses["permutation"])
     return analyses
 

@@ -57,7 +57,7 @@ def agreement_table(attributions: dict[str, dict[int, np.ndarray]], global_impor
     return pd.DataFrame(rows)
 
 
-def agreement_step(run_dir: Path, load: dict, explain: dict, gradients: dict, lime: dict, kernel: dict,
+def measure_agreement(run_dir: Path, load: dict, explain: dict, gradients: dict, lime: dict, kernel: dict,
                    importance: dict) -> dict:
     """Collect every method's attributions of the predicted class on the comparison groups; write Parquet."""
     shape = load["input_shape"]
@@ -70,7 +70,8 @@ def agreement_step(run_dir: Path, load: dict, explain: dict, gradients: dict, li
 
     grads = pq.read_table(gradients["gradients"]["path"]).to_pandas()
     attributions["Integrated Gradients"] = {
-        p: groups.aggregate(np.asarray(v).reshape(shape)) for p, v in zip(grads["position"], grads["integrated_gradients"])}
+        p: groups.aggregate(np.asarray(v).reshape(shape))
+        for p, v in zip(grads["position"], grads["integrated_gradients"])}
     lime_rows = pq.read_table(lime["lime"]["path"]).to_pandas()
     attributions["LIME"] = {p: groups.aggregate(np.asarray(v).reshape(shape))
                             for p, v in zip(lime_rows["position"], lime_rows["values"])}

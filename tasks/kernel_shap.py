@@ -51,7 +51,8 @@ def kernel_shap_tabular(predict: Callable[[np.ndarray], np.ndarray], rows: np.nd
 
 
 def kernel_shap_patches(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, reference: np.ndarray,
-                        groups: FeatureGroups, seed: int, advance: Callable = lambda: None) -> tuple[np.ndarray, np.ndarray]:
+                        groups: FeatureGroups, seed: int,
+                        advance: Callable = lambda: None) -> tuple[np.ndarray, np.ndarray]:
     """Kernel SHAP values (n, K, n_patches) of images whose absent patches take `reference`'s pixels."""
     import shap
 
@@ -72,7 +73,7 @@ def kernel_shap_patches(predict: Callable[[np.ndarray], np.ndarray], images: np.
     return np.stack(values), expected
 
 
-def kernel_shap_step(weights_path: Path, train_path: Path, validation_path: Path, explained_path: Path,
+def explain_kernel_shap(weights_path: Path, train_path: Path, validation_path: Path, explained_path: Path,
                      background_path: Path, run_dir: Path, seed: int) -> dict:
     """Kernel SHAP for the first MAX_ROWS rows the explain step chose; write Parquet."""
     model, _, _ = load_weights(Path(weights_path))

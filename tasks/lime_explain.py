@@ -84,7 +84,7 @@ def lime_images(predict: Callable, images: np.ndarray, targets: np.ndarray, seed
     return results
 
 
-def lime_step(weights_path: Path, train_path: Path, validation_path: Path, explained_path: Path, run_dir: Path,
+def explain_lime(weights_path: Path, train_path: Path, validation_path: Path, explained_path: Path, run_dir: Path,
               seed: int) -> dict:
     """LIME for every row the explain step chose, for its predicted class; write Parquet."""
     model, _, _ = load_weights(Path(weights_path))

@@ -67,7 +67,7 @@ def pd_curves(model: nn.Module, n_classes: int, inputs: np.ndarray, feature: int
     return pd.concat(frames, ignore_index=True)
 
 
-def partial_dependence_step(weights_path: Path, validation_path: Path, importance_path: Path, run_dir: Path) -> dict:
+def compute_partial_dependence(weights_path: Path, validation_path: Path, importance_path: Path, run_dir: Path) -> dict:
     """PDP + ICE for the TOP_FEATURES most important features of a table model."""
     model, config, _ = load_weights(Path(weights_path))
     val = read_split(Path(validation_path))

@@ -55,7 +55,7 @@ def grouped_permutation_importance(predict: Callable[[np.ndarray], np.ndarray], 
     return pd.DataFrame(rows)
 
 
-def permutation_importance_step(weights_path: Path, validation_path: Path, run_dir: Path, seed: int) -> dict:
+def compute_permutation_importance(weights_path: Path, validation_path: Path, run_dir: Path, seed: int) -> dict:
     """Permutation importance on the validation split: per feature (tables), per region and channel (images)."""
     model, _, _ = load_weights(Path(weights_path))
     val = read_split(Path(validation_path))

@@ -114,9 +114,8 @@ def render_report(run_dir: Path, load: dict, train: dict, explain: dict, params:
         probs = np.asarray(row.probabilities)
         path = fig_dir / f"shap_{row.position:04d}.png"
         if is_table:
-            figures.feature_bars(values[row.position, row.predicted], val_split.feature_names,
-                                 f"{row.source_id}: SHAP values for '{names[row.predicted]}' ({probs[row.predicted]:.2f})",
-                                 path)
+            title = f"{row.source_id}: SHAP values for '{names[row.predicted]}' ({probs[row.predicted]:.2f})"
+            figures.feature_bars(values[row.position, row.predicted], val_split.feature_names, title, path)
         else:
             titles = [f"{name[:12]} {probs[k]:.2f}" for k, name in enumerate(names)]
             heading = f"true {names[row.label][:12]}\npred {names[row.predicted][:12]}"
@@ -130,9 +129,10 @@ def render_report(run_dir: Path, load: dict, train: dict, explain: dict, params:
         case["reasons"] = (sections.reason_codes(values[row.position, row.predicted], x, val_split.feature_names)
                            if is_table else [])
         if not case["correct"]:
-            case["narrative"] = (describe_table_mistake(values[row.position], x, row.label, row.predicted, names, probs,
-                                                        val_split.feature_names) if is_table else
-                                 describe_mistake(values[row.position], row.label, row.predicted, names, probs, expected))
+            case["narrative"] = (
+                describe_table_mistake(values[row.position], x, row.label, row.predicted, names, probs,
+                                       val_split.feature_names) if is_table else
+                describe_mistake(values[row.position], row.label, row.predicted, names, probs, expected))
         cases.append(case)
 
     last_val = per_class[(per_class["split"] == "validation") & (per_class["epoch"] == per_class["epoch"].max())]

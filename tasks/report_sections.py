@@ -48,7 +48,8 @@ def permutation_section(run_dir: Path, analysis: dict) -> dict:
                         ("channel", "per colour channel")):
         rows = table[table["kind"] == kind]
         if len(rows):
-            figure = figures.importance_bars(rows, fig_dir / f"permutation_{kind}.png", f"permutation importance {title}")
+            figure = figures.importance_bars(rows, fig_dir / f"permutation_{kind}.png",
+                                             f"permutation importance {title}")
             parts.append({"kind": kind, "title": title, "figure": _rel(figure, run_dir),
                           "top": rows.sort_values("importance_mean", ascending=False).head(TOP_TABLE_ROWS)
                                      .to_dict("records")})

@@ -41,7 +41,7 @@ def slice_table(correct: np.ndarray, confidence: np.ndarray, slicings: dict[str,
     return pd.DataFrame(rows)
 
 
-def slices_step(weights_path: Path, validation_path: Path, importance_path: Path, run_dir: Path) -> dict:
+def analyse_slices(weights_path: Path, validation_path: Path, importance_path: Path, run_dir: Path) -> dict:
     """Slice the validation split by class, confidence and (tables) the top features' quartiles."""
     model, _, _ = load_weights(Path(weights_path))
     val = read_split(Path(validation_path))

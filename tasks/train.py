@@ -1,4 +1,5 @@
-"""Step 2, train: fit the reference CNN (images) or MLP (tables) on logits, record per-epoch metrics, save safetensors weights.
+"""Step 2, train: fit the reference CNN (images) or MLP (tables) on logits, record per-epoch metrics,
+save safetensors weights.
 
 Metrics file (``training/metrics.parquet``), one row per epoch and split:
 epoch, split (train | validation), loss, accuracy, precision_macro, recall_macro, f1_macro.
