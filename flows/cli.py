@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shap-engine", choices=SHAP_ENGINES, default=RunConfig.shap_engine,
                      help="DeepSHAP implementation: 'fast' (this project's exact engine) or 'shap' "
                           "(shap.DeepExplainer itself; same values, several times slower)")
+    run.add_argument("--model-card", type=Path, metavar="FILE",
+                     help="YAML model card: owner, intended_use, out_of_scope_uses, limitations, risk_tier "
+                          "(also model_name, version); missing fields show as 'not provided'")
+    run.add_argument("--compare", type=Path, metavar="RUN_DIR",
+                     help="an earlier run to compare with (default: the newest intact run of the same dataset "
+                          "under --out)")
     run.add_argument("--verbose", action="store_true", help="show Prefect's own log lines on the console")
 
     own = commands.add_parser(
@@ -136,7 +142,8 @@ def check_prefect_api() -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    config = RunConfig(dataset=args.dataset, label=args.label, epochs=args.epochs, background=args.background,
+    config = RunConfig(dataset=args.dataset, label=args.label, model_card=args.model_card, compare=args.compare,
+                       epochs=args.epochs, background=args.background,
                        explain=args.explain, seed=args.seed, out=args.out, shap_engine=args.shap_engine)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # A busy 2-core machine (two runs at once) can take longer than Prefect's 20 s to start its local server.
@@ -147,7 +154,9 @@ def run_command(args: argparse.Namespace) -> int:
 
     result = compliance_report(dataset=config.dataset, label=config.label, epochs=config.epochs,
                                background=config.background, explain=config.explain, seed=config.seed,
-                               out=str(config.out), shap_engine=config.shap_engine)
+                               out=str(config.out), shap_engine=config.shap_engine,
+                               model_card=str(config.model_card) if config.model_card else None,
+                               compare=str(config.compare) if config.compare else None)
     print(f"validation accuracy: {result['validation_accuracy']:.3f}; "
           f"largest SHAP additivity error: {result['max_additivity_error']:.2e}")
     print(f"run directory: {result['run_dir']}")

@@ -14,12 +14,15 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.runtime import flow_run
 
 from tasks.agreement import measure_agreement
+from tasks.compare import compare_runs, previous_run
 from tasks.config import RunConfig
 from tasks.explain import explain_model
+from tasks.faithfulness import check_faithfulness
 from tasks.gradients import gradient_attributions
 from tasks.kernel_shap import explain_kernel_shap
 from tasks.lime_explain import explain_lime
 from tasks.load import load_data
+from tasks.model_card import store_model_card
 from tasks.partial_dependence import compute_partial_dependence
 from tasks.permutation import compute_permutation_importance
 from tasks.provenance import environment
@@ -37,6 +40,9 @@ kernel_shap_step = task(explain_kernel_shap, name="kernel-shap")
 lime_step = task(explain_lime, name="lime")
 slices_step = task(analyse_slices, name="slices")
 agreement_step = task(measure_agreement, name="method-agreement")
+faithfulness_step = task(check_faithfulness, name="faithfulness", tags=["gpu"])
+model_card_step = task(store_model_card, name="model-card")
+compare_step = task(compare_runs, name="compare")
 report_step = task(render_report, name="report")
 
 
@@ -50,10 +56,12 @@ def compliance_report(
     seed: int = RunConfig.seed,
     out: str = "reports",
     shap_engine: str = RunConfig.shap_engine,
+    model_card: str | None = None,
+    compare: str | None = None,
 ) -> dict:
     """Train (or load) the model, explain it and render a PDF compliance report into a new run directory."""
     config = RunConfig(dataset=dataset, label=label, epochs=epochs, background=background, explain=explain, seed=seed,
-                       out=Path(out), shap_engine=shap_engine)
+                       out=Path(out), shap_engine=shap_engine, model_card=model_card, compare=compare)
     loaded = load_step(config.dataset, config.out, config.seed, config.val_fraction, config.background, config.explain,
                        config.label)
     run_dir = loaded["run_dir"]
@@ -62,6 +70,13 @@ def compliance_report(
     explained = explain_step(trained["weights"]["path"], loaded["train"]["path"], loaded["validation"]["path"],
                              run_dir, config.background, config.explain, config.seed, config.shap_engine)
     analyses = explain_further(run_dir, loaded, trained, explained, config.seed)
+    analyses["faithfulness"] = faithfulness_step(
+        trained["weights"]["path"], loaded["train"]["path"], loaded["validation"]["path"],
+        explained["explained"]["path"], explained["shap_values"]["path"], explained["background"]["path"], run_dir,
+        config.seed, config.shap_engine)
+    analyses["model_card"] = model_card_step(config.model_card, run_dir)
+    previous = config.compare or previous_run(config.out, config.dataset, Path(run_dir))
+    analyses["comparison"] = compare_step(run_dir, previous)
     run_info = {"id": flow_run.get_id(), "name": flow_run.get_name(), "url": flow_run.get_flow_run_ui_url()}
     report = report_step(run_dir, loaded, trained, explained, config.to_json(), environment(), run_info, analyses)
     publish_artifacts(run_dir, trained, explained, report)

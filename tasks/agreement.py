@@ -5,7 +5,8 @@ For each explained row and each pair of methods: Spearman's rank correlation of 
 magnitudes of the predicted class, over the comparison groups (table columns, or image regions
 of tasks/feature_groups.py), and the overlap of the two top-TOP_K sets. Permutation importance
 is global, so its one vector is compared with each row's local attributions. A pair below
-THRESHOLD is flagged as disagreeing: the report lists it rather than hiding it.
+THRESHOLD is flagged as disagreeing: the report lists it rather than hiding it. A row is
+flagged when the median of its pairs' correlations is below THRESHOLD (most methods disagree).
 
 File ``analysis/agreement.parquet``, one row per (explained row, method pair): position,
 source_id, method_a, method_b, spearman, top_overlap, flagged.
@@ -57,6 +58,12 @@ def agreement_table(attributions: dict[str, dict[int, np.ndarray]], global_impor
     return pd.DataFrame(rows)
 
 
+def flagged_rows(table: pd.DataFrame) -> list[int]:
+    """Positions of the rows whose median pairwise Spearman is below THRESHOLD."""
+    medians = table.groupby("position")["spearman"].median()
+    return [int(p) for p in medians.index[medians < THRESHOLD]]
+
+
 def measure_agreement(run_dir: Path, load: dict, explain: dict, gradients: dict, lime: dict, kernel: dict,
                    importance: dict) -> dict:
     """Collect every method's attributions of the predicted class on the comparison groups; write Parquet."""
@@ -92,5 +99,5 @@ def measure_agreement(run_dir: Path, load: dict, explain: dict, gradients: dict,
                                 pa.Table.from_pandas(table, preserve_index=False))
     summary = table.groupby(["method_a", "method_b"], sort=False)["spearman"].mean().reset_index()
     return {"agreement": {"path": str(path), "sha256": sha256_file(path)},
-            "n_flagged_rows": int(table.loc[table["flagged"], "position"].nunique()),
+            "n_flagged_rows": len(flagged_rows(table)),
             "mean_spearman": json.loads(summary.to_json(orient="records"))}

@@ -83,11 +83,19 @@ def new_run_dir(out: Path, dataset_slug: str) -> Path:
             continue
 
 
-def build_manifest(run_dir: Path, extra: dict | None = None) -> dict:
-    """List every file in the run directory (but the manifest) with its size and SHA-256."""
+PRE_MANIFEST_NAME = "artifacts.json"  # every file written before the PDF; the PDF embeds it
+ATTACHMENTS = {  # run-relative path -> description: the files report.pdf carries inside it
+    PRE_MANIFEST_NAME: "SHA-256 of every file of the run written before this PDF (manifest.json adds the PDF)",
+    "training/metrics.parquet": "per-epoch training and validation metrics",
+    "training/metrics_per_class.parquet": "per-epoch, per-class precision, recall and F1",
+}
+
+
+def build_manifest(run_dir: Path, extra: dict | None = None, exclude: tuple[str, ...] = (MANIFEST_NAME,)) -> dict:
+    """List every file in the run directory (but the manifest, or `exclude`) with its size and SHA-256."""
     files = {}
     for path in sorted(run_dir.rglob("*")):
-        if path.is_file() and path.name != MANIFEST_NAME and not path.name.startswith("."):
+        if path.is_file() and path.relative_to(run_dir).as_posix() not in exclude and not path.name.startswith("."):
             rel = path.relative_to(run_dir).as_posix()
             files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     return {"run_dir": run_dir.name, "files": files, **(extra or {})}

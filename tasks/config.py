@@ -50,6 +50,8 @@ class RunConfig:
     batch_size: int = 64  # training batch size
     val_fraction: float = 0.2  # share of the data held out for validation (stratified)
     shap_engine: str = "fast"  # DeepSHAP implementation: see SHAP_ENGINES
+    model_card: Path | None = None  # YAML model card (owner, intended use, ...), shown in the report
+    compare: Path | None = None  # an earlier run to compare with; None: the newest one of the dataset in `out`
 
     def __post_init__(self) -> None:
         for name in ("epochs", "background", "explain", "batch_size"):
@@ -64,9 +66,18 @@ class RunConfig:
             raise InputError(f"--shap-engine must be one of {', '.join(SHAP_ENGINES)}, got {self.shap_engine!r}")
         object.__setattr__(self, "out", Path(self.out))
         check_dataset_spec(self.dataset, self.label)
+        from tasks.compare import check_previous_run  # here: tasks.compare imports (via tasks.load) this module
+        from tasks.model_card import read_model_card
+
+        if self.model_card is not None:
+            object.__setattr__(self, "model_card", Path(self.model_card).expanduser().resolve())
+            read_model_card(self.model_card)
+        if self.compare is not None:
+            object.__setattr__(self, "compare", check_previous_run(Path(self.compare)))
 
     def to_json(self) -> dict:
         """Plain JSON-able parameters, as recorded in the manifest and the report."""
         values = asdict(self)
-        values["out"] = str(self.out)
+        for key in ("out", "model_card", "compare"):
+            values[key] = str(values[key]) if values[key] is not None else None
         return values

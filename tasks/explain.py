@@ -8,6 +8,8 @@ Files (in ``explain/``):
   confidence, probabilities (fixed_size_list<float32>[K]), additivity_error (the largest
   |sum of SHAP values - (output - expected output)| over classes).
 - ``background.parquet``: source_id of each background image.
+- ``predictions.parquet``: every validation row's source_id, label, predicted and confidence
+  (what a later run's comparison matches on).
 """
 
 from __future__ import annotations
@@ -182,10 +184,15 @@ def explain_model(weights_path: Path, train_path: Path, validation_path: Path, r
     explained_path = write_parquet_atomic(out_dir / "explained.parquet", explained)
     background_path = write_parquet_atomic(
         out_dir / "background.parquet", pa.table({"source_id": [train.source_ids[i] for i in background_idx]}))
+    predictions_path = write_parquet_atomic(out_dir / "predictions.parquet", pa.table({
+        "source_id": val.source_ids, "label": pa.array(val.labels, type=pa.int64()),
+        "predicted": pa.array(predicted, type=pa.int64()),
+        "confidence": pa.array(val_probs.max(1), type=pa.float32())}))
     return {
         "shap_values": {"path": str(values_path), "sha256": sha256_file(values_path)},
         "explained": {"path": str(explained_path), "sha256": sha256_file(explained_path)},
         "background": {"path": str(background_path), "sha256": sha256_file(background_path)},
+        "predictions": {"path": str(predictions_path), "sha256": sha256_file(predictions_path)},
         "engine": engine,
         "device": device.type,
         "max_additivity_error": float(additivity.max()),

@@ -284,3 +284,41 @@ def slice_bars(slices: pd.DataFrame, overall: float, path: Path) -> Path:
     ax.legend(fontsize=6)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def randomisation_curve(table: pd.DataFrame, threshold: float, path: Path) -> Path:
+    """Mean Spearman (signed and of magnitudes) with the trained maps as more layers are randomised."""
+    steps = table.groupby("step").agg(layer=("layer", "first"), signed=("spearman", "mean"),
+                                      absolute=("spearman_abs", "mean")).reset_index()
+    fig, ax = plt.subplots(figsize=(6, 2.6))
+    ax.plot(steps["step"], steps["signed"], "-o", markersize=3, label="Spearman (signed)")
+    ax.plot(steps["step"], steps["absolute"], "-s", markersize=3, label="Spearman of |attribution|")
+    ax.axhline(threshold, color="#c44e52", linestyle="--", linewidth=0.8, label=f"flag above {threshold}")
+    ax.set_xticks(steps["step"], [f"-{layer}" for layer in steps["layer"]], fontsize=6)
+    ax.set_xlabel("layers re-initialised, from the output down (cumulative)", fontsize=7)
+    ax.set_ylabel("correlation with the trained model's map", fontsize=7)
+    ax.set_ylim(-1.05, 1.05)
+    ax.tick_params(labelsize=6)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def deletion_insertion_curves(curves: pd.DataFrame, path: Path) -> Path:
+    """Mean probability of the predicted class as pixels are deleted / inserted, attribution vs random order."""
+    fig, axes = plt.subplots(1, 2, figsize=(7, 2.5))
+    for ax, curve in zip(axes, ("deletion", "insertion")):
+        rows = curves[curves["curve"] == curve]
+        for order, style in (("attribution", "-"), ("random", "--")):
+            mean = rows[rows["order"] == order].groupby("fraction")["probability"].mean()
+            ax.plot(mean.index, mean.to_numpy(), style, label=f"{order} order")
+        ax.set_title(f"{curve}: pixels {'removed' if curve == 'deletion' else 'added'}, most attributed first",
+                     fontsize=7)
+        ax.set_xlabel("fraction of pixels", fontsize=6)
+        ax.set_ylabel("probability of the predicted class", fontsize=6)
+        ax.tick_params(labelsize=6)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -11,7 +11,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import jinja2
-from weasyprint import CSS, HTML
+from weasyprint import CSS, HTML, Attachment
 from weasyprint.urls import URLFetcher, URLFetcherResponse
 
 from tasks.artifacts import atomic_path
@@ -56,14 +56,24 @@ class RunFilesFetcher(URLFetcher):
         return URLFetcherResponse(path.as_uri(), body=path.read_bytes(), headers={"Content-Type": mime})
 
 
+PDF_VARIANT = "pdf/a-3b"  # archival PDF that may carry embedded files (ISO 19005-3, level B)
+
+
 def render_pdf(template: str, context: dict, run_dir: Path, pdf_path: Path, stylesheet: str = "report.css",
-               fetcher: RunFilesFetcher | None = None) -> Path:
-    """Render `template` with `context` to `pdf_path`, resolving relative URLs against `run_dir`."""
+               fetcher: RunFilesFetcher | None = None, attachments: dict[str, str] | None = None) -> Path:
+    """Render `template` with `context` to a PDF/A-3b `pdf_path`, resolving relative URLs against `run_dir`.
+
+    `attachments` maps run-relative paths to descriptions; those files are embedded in the PDF,
+    fetched through the same fetcher as everything else.
+    """
     env = template_environment()
     html = env.get_template(template).render(**context)
     fetcher = fetcher or RunFilesFetcher(run_dir)
-    css = CSS(string=(TEMPLATES_DIR / stylesheet).read_text(), url_fetcher=fetcher, base_url=run_dir.as_uri() + "/")
-    document = HTML(string=html, base_url=run_dir.resolve().as_uri() + "/", url_fetcher=fetcher)
+    base_url = run_dir.resolve().as_uri() + "/"
+    css = CSS(string=(TEMPLATES_DIR / stylesheet).read_text(), url_fetcher=fetcher, base_url=base_url)
+    document = HTML(string=html, base_url=base_url, url_fetcher=fetcher)
+    embedded = [Attachment(url=(run_dir / rel).resolve().as_uri(), url_fetcher=fetcher, name=Path(rel).name,
+                           description=text, relationship="Supplement") for rel, text in (attachments or {}).items()]
     with atomic_path(pdf_path) as tmp:
-        document.write_pdf(tmp, stylesheets=[css])
+        document.write_pdf(tmp, stylesheets=[css], attachments=embedded, pdf_variant=PDF_VARIANT)
     return pdf_path

@@ -10,16 +10,18 @@ import numpy as np
 import pandas as pd
 
 from tasks import figures
-from tasks.artifacts import MANIFEST_NAME, build_manifest, sha256_file, write_manifest
+from tasks.artifacts import (ATTACHMENTS, MANIFEST_NAME, PRE_MANIFEST_NAME, build_manifest, sha256_file,
+                             write_json_atomic, write_manifest)
 from tasks.explain import read_shap_values
 from tasks import report_sections as sections
 from tasks.inspect_weights import NEAR_ZERO, first_conv_filters, weight_histograms, write_weight_statistics
 from tasks.load import read_split
 from tasks.model import CNNConfig, load_weights
+from tasks.model_card import store_model_card
 from tasks.render import RunFilesFetcher, render_pdf
-from tasks.train import predict_logits
 
-ADDITIVITY_THRESHOLD = 1e-4  # on probabilities; larger residuals are flagged in the report
+ADDITIVITY_THRESHOLD = 1e-4  # on probabilities; larger residuals are flagged in the report (DeepSHAP, Kernel SHAP)
+IG_THRESHOLD = 0.05  # IG's completeness error is the error of a 64-point path integral: a looser bound
 MAX_SAMPLE_IMAGES = 8
 REASONS_SHOWN = 3  # features named in a table row's reason codes
 REGIONS = [["upper left", "upper centre", "upper right"], ["middle left", "centre", "middle right"],
@@ -94,7 +96,7 @@ def render_report(run_dir: Path, load: dict, train: dict, explain: dict, params:
 
     model, model_config, training = load_weights(Path(train["weights"]["path"]))
     weight_stats = write_weight_statistics(model, run_dir / "inspect" / "weights.parquet")
-    val_pred = predict_logits(model, val_split.inputs).argmax(1).numpy()
+    val_pred = pd.read_parquet(explain["predictions"]["path"])["predicted"].to_numpy()  # validation order
 
     is_table = train_split.modality == "table"
     figs = {
@@ -190,6 +192,10 @@ def render_report(run_dir: Path, load: dict, train: dict, explain: dict, params:
                          if "kernel_shap" in analyses and "lime" in analyses else None,
         "slices": sections.slices_section(run_dir, analyses["slices"]) if "slices" in analyses else None,
         "agreement": sections.agreement_section(run_dir, analyses["agreement"]) if "agreement" in analyses else None,
+        "faithfulness": sections.faithfulness_section(run_dir, analyses.get("faithfulness")),
+        "comparison": sections.comparison_section(analyses.get("comparison")),
+        "model_card": analyses.get("model_card") or store_model_card(None, run_dir),
+        "ig_threshold": IG_THRESHOLD,
         "quality": {
             "max": float(errors.max()), "mean": float(errors.mean()), "threshold": ADDITIVITY_THRESHOLD,
             "over": int((errors > ADDITIVITY_THRESHOLD).sum()),
@@ -197,12 +203,21 @@ def render_report(run_dir: Path, load: dict, train: dict, explain: dict, params:
         },
         "appendix": {
             "parameters": params, "environment": environment, "flow_run": flow_run,
-            "artifacts": [{"path": p, **info} for p, info in build_manifest(run_dir)["files"].items()],
+            "attachments": ATTACHMENTS,
         },
         "class_names": names,
         "modality": train_split.modality,
     }
-    pdf = render_pdf("report.html.j2", context, run_dir, run_dir / "report.pdf", fetcher=fetcher)
+    context["limitations"] = sections.limitations(context["model_card"], context["slices"], context["agreement"],
+                                                  context["faithfulness"], context["quality"], context["comparison"])
+    # Every file so far (figures included), hashed: the PDF embeds this list; manifest.json, written
+    # after the PDF, adds the PDF itself.
+    pre_manifest = build_manifest(run_dir, {"parameters": params, "flow_run": flow_run},
+                                  exclude=(MANIFEST_NAME, PRE_MANIFEST_NAME, "report.pdf"))
+    write_json_atomic(run_dir / PRE_MANIFEST_NAME, pre_manifest)
+    context["appendix"]["artifacts"] = [{"path": p, **info} for p, info in pre_manifest["files"].items()]
+    pdf = render_pdf("report.html.j2", context, run_dir, run_dir / "report.pdf", fetcher=fetcher,
+                     attachments=ATTACHMENTS)
     manifest = write_manifest(run_dir, {"parameters": params, "environment": environment, "flow_run": flow_run})
     return {"pdf": {"path": str(pdf), "sha256": sha256_file(pdf)},
             "manifest": {"path": str(run_dir / MANIFEST_NAME), "sha256": sha256_file(manifest)}}

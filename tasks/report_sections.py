@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 
 from tasks import figures
 from tasks.agreement import THRESHOLD as AGREEMENT_THRESHOLD
+from tasks.agreement import flagged_rows
 from tasks.feature_groups import KERNEL_GRID, image_regions
 from tasks.gradients import IG_STEPS
 from tasks.kernel_shap import read_kernel_shap
@@ -165,5 +166,70 @@ def agreement_section(run_dir: Path, analysis: dict) -> dict:
     figure = figures.agreement_matrix(matrix, run_dir / "figures" / "agreement.png")
     flagged = table[table["flagged"]]
     return {"figure": _rel(figure, run_dir), "pairs": pairs.to_dict("records"), "threshold": AGREEMENT_THRESHOLD,
-            "n_rows": int(table["position"].nunique()), "n_flagged_rows": int(flagged["position"].nunique()),
+            "n_rows": int(table["position"].nunique()), "n_flagged_rows": len(flagged_rows(table)),
             "flagged": flagged.sort_values("spearman").head(TOP_TABLE_ROWS).to_dict("records")}
+
+
+def faithfulness_section(run_dir: Path, analysis: dict | None) -> dict | None:
+    """Randomisation curve, deletion/insertion curves and their areas, stability figures."""
+    if not analysis:
+        return None
+    fig_dir = run_dir / "figures"
+    randomisation = pd.read_parquet(analysis["randomisation"]["path"])
+    result = {**{k: v for k, v in analysis.items() if not isinstance(v, dict) or k == "areas"},
+              "randomisation_figure": _rel(figures.randomisation_curve(
+                  randomisation, analysis["randomisation_threshold"], fig_dir / "randomisation.png"), run_dir),
+              "deletion_figure": None}
+    if "deletion_insertion" in analysis:
+        curves = pd.read_parquet(analysis["deletion_insertion"]["path"])
+        result["deletion_figure"] = _rel(figures.deletion_insertion_curves(curves, fig_dir / "deletion_insertion.png"),
+                                         run_dir)
+        areas = analysis["areas"]
+        result["deletion_ok"] = areas["deletion"]["attribution"] < areas["deletion"]["random"]
+        result["insertion_ok"] = areas["insertion"]["attribution"] > areas["insertion"]["random"]
+    return result
+
+
+def comparison_section(analysis: dict | None) -> dict | None:
+    """The comparison with the previous run, as tables for the template (None: nothing to compare with)."""
+    if not analysis or not analysis.get("previous"):
+        return None
+    files = analysis["files"]
+    metrics = pd.read_parquet(files["metrics"])
+    importance = pd.read_parquet(files["importance"])
+    shift = pd.read_parquet(files["data_shift"]).sort_values("ks", ascending=False)
+    changed = pd.read_parquet(files["predictions"])
+    return {**{k: v for k, v in analysis.items() if k != "files"}, "metrics": metrics.to_dict("records"),
+            "importance": importance.to_dict("records"), "shift": shift.head(TOP_TABLE_ROWS).to_dict("records"),
+            "changed": changed.head(TOP_TABLE_ROWS).to_dict("records")}
+
+
+def limitations(model_card: dict | None, slices: dict | None, agreement: dict | None, faithfulness: dict | None,
+                quality: dict, comparison: dict | None) -> list[str]:
+    """What a validator should know the report found wanting, in words (the model card's own come first)."""
+    found = []
+    for field in (model_card or {}).get("fields", []):
+        if field["key"] == "limitations" and not field["missing"]:
+            value = field["value"]
+            found += [f"Stated by the model owner: {v}" for v in (value if isinstance(value, list) else [value])]
+    if quality["over"]:
+        found.append(f"{quality['over']} explanations exceed the DeepSHAP additivity threshold {quality['threshold']:g}.")
+    for row in (slices or {}).get("flagged", []):
+        found.append(f"Weak slice: {row['slicing']} {row['slice']} has accuracy {row['accuracy']:.3f} "
+                     f"on {row['n_rows']} rows (overall {slices['overall']:.3f}).")
+    if agreement and agreement["n_flagged_rows"]:
+        found.append(f"Explanation methods disagree (median pairwise Spearman below {agreement['threshold']}) on "
+                     f"{agreement['n_flagged_rows']} of {agreement['n_rows']} explained rows.")
+    if faithfulness:
+        if faithfulness["randomisation_flagged"]:
+            found.append("The DeepSHAP maps barely change when the model's weights are randomised: they may not "
+                         "reflect what the model learned.")
+        if faithfulness["stability_flagged"]:
+            found.append(f"Explanations move with the background sample (mean Spearman "
+                         f"{faithfulness['stability_mean']:.2f} between two samples).")
+        if faithfulness.get("deletion_ok") is False or faithfulness.get("insertion_ok") is False:
+            found.append("Removing or adding pixels in attribution order is no better than a random order.")
+    if comparison and comparison["n_shifted"]:
+        found.append(f"The input data shifted since the previous run in {comparison['n_shifted']} "
+                     f"feature(s) or channel(s) (Kolmogorov-Smirnov statistic above the threshold).")
+    return found

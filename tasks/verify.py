@@ -1,11 +1,15 @@
-"""Check a run directory against its manifest: every file's SHA-256, and no file missing or added."""
+"""Check a run directory against its manifest: every file's SHA-256, no file missing or added, and the
+files embedded in report.pdf identical to those in the directory."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from tasks.artifacts import MANIFEST_NAME, build_manifest
+from pypdf import PdfReader
+from pypdf.errors import PdfReadError
+
+from tasks.artifacts import ATTACHMENTS, MANIFEST_NAME, build_manifest
 from tasks.errors import InputError
 
 
@@ -29,4 +33,23 @@ def verify_run(run_dir: Path) -> list[str]:
         elif actual[rel]["sha256"] != recorded[rel].get("sha256"):
             problems.append(f"changed: {rel} (SHA-256 {actual[rel]['sha256'][:16]}..., "
                             f"manifest says {str(recorded[rel].get('sha256'))[:16]}...)")
+    return problems + _embedded_differences(run_dir)
+
+
+def _embedded_differences(run_dir: Path) -> list[str]:
+    """The PDF's attachments that differ from (or are missing beside) the run's own files."""
+    pdf = run_dir / "report.pdf"
+    if not pdf.is_file():
+        return []
+    try:
+        embedded = {name: contents[0] for name, contents in PdfReader(pdf).attachments.items()}
+    except (PdfReadError, OSError, ValueError, KeyError) as exc:
+        return [f"report.pdf: cannot read its attachments ({exc})"]
+    problems = []
+    for rel in ATTACHMENTS:
+        name = Path(rel).name
+        if name not in embedded:
+            problems.append(f"report.pdf does not carry {rel}")
+        elif not (run_dir / rel).is_file() or embedded[name] != (run_dir / rel).read_bytes():
+            problems.append(f"report.pdf carries a {rel} that differs from the run directory's")
     return problems

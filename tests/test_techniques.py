@@ -7,7 +7,7 @@ import torch
 from sklearn.inspection import permutation_importance as sklearn_permutation_importance
 from torch import nn
 
-from tasks.agreement import THRESHOLD, agreement_table, rank_agreement
+from tasks.agreement import THRESHOLD, agreement_table, flagged_rows, rank_agreement
 from tasks.deep_shap import DeepShapEngine
 from tasks.feature_groups import feature_columns, image_channels, image_regions
 from tasks.gradients import integrated_gradients
@@ -153,6 +153,9 @@ def test_rank_agreement_and_the_disagreement_flag():
     table = agreement_table({"A": {0: a, 1: a}, "B": {0: a, 1: a[::-1]}}, None, {0: "x", 1: "y"})
     assert table.set_index("position")["flagged"].to_dict() == {0: False, 1: True}
     assert (table["spearman"] < THRESHOLD).sum() == 1
+    assert flagged_rows(table) == [1]
+    three = agreement_table({"A": {0: a}, "B": {0: a}, "C": {0: a[::-1]}}, None, {0: "x"})
+    assert three["flagged"].sum() == 2 and flagged_rows(three) == []  # one method out of three: not the majority
 
 
 def test_a_slice_where_the_model_fails_is_flagged():
