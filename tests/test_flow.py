@@ -10,13 +10,15 @@ from pypdf import PdfReader
 
 from tasks.artifacts import sha256_file
 
-SECTIONS = ("Model compliance report", "1. Summary", "2. Data", "3. Training", "Weights and biases",
-            "4. Validation metrics", "Sliced analysis", "5. Global explanations", "Permutation feature importance",
-            "Global SHAP importance", "6. Explanations of individual decisions", "DeepSHAP", "Gradient attribution",
-            "Model-agnostic SHAP (Kernel SHAP)", "LIME", "8. Explanation quality", "Method agreement",
-            "Appendix: reproducibility")
-TASKS = ["explain", "gradients", "kernel-shap", "lime", "load", "method-agreement", "permutation-importance", "report",
-         "slices", "train"]
+SECTIONS = ("Model compliance report", "1. Purpose and use", "Summary", "Model card", "2. Design and data",
+            "Model and training", "Weights and biases", "3. Performance and testing", "Validation metrics",
+            "Sliced analysis", "4. Explanations and their quality", "Permutation feature importance",
+            "Global SHAP importance", "Explanations of individual decisions: DeepSHAP", "Gradient attribution",
+            "Model-agnostic SHAP (Kernel SHAP)", "LIME", "Explanation quality: additivity",
+            "Randomisation sanity check", "Stability", "Method agreement", "5. Limitations",
+            "6. Monitoring and changes", "7. Reproducibility", "Sign-off")
+TASKS = ["compare", "explain", "faithfulness", "gradients", "kernel-shap", "lime", "load", "method-agreement",
+         "model-card", "permutation-importance", "report", "slices", "train"]
 
 
 def pdf_text(path) -> str:
@@ -51,7 +53,8 @@ def test_flow_writes_a_complete_run_directory(flow_result):
 
     run_dir = Path(result["run_dir"])
     text = pdf_text(result["pdf"])
-    for section in SECTIONS + ("7. Misclassified images", "image region or colour channel", "Channel"):
+    for section in SECTIONS + ("Misclassified images", "image region or colour channel", "Channel",
+                               "Deletion and insertion", "nothing to compare with"):
         assert section in text, section
     assert "Partial dependence" not in text  # a table technique
 
@@ -109,7 +112,7 @@ def test_a_breast_cancer_report_has_every_technique_for_tables(table_flow_result
 
     assert state.is_completed()
     text = pdf_text(result["pdf"])
-    for section in SECTIONS + ("7. Misclassified rows", "Partial dependence and ICE", "Features (training split)",
+    for section in SECTIONS + ("Misclassified rows", "Partial dependence and ICE", "Features (training split)",
                                "Reason codes", "Reference MLP"):
         assert section in text, section
     assert "mean radius" in text and "image region" not in text  # feature names flow into the report
@@ -123,3 +126,28 @@ def test_a_breast_cancer_report_has_every_technique_for_tables(table_flow_result
     from tasks.verify import verify_run
 
     assert verify_run(run_dir) == []
+
+
+@pytest.mark.slow
+def test_the_second_run_compares_with_the_first_and_shows_the_model_card(table_flow_result, tmp_path):
+    from pathlib import Path
+
+    from flows.compliance_report import compliance_report
+
+    _, first = table_flow_result
+    out = Path(first["run_dir"]).parent
+    card = tmp_path / "card.yaml"
+    card.write_text('owner: "<link rel=stylesheet href=file:///etc/passwd> risk team"\nrisk_tier: high\n')
+    state = compliance_report(dataset="breast-cancer", epochs=1, background=40, explain=6, seed=0, out=str(out),
+                              model_card=str(card), return_state=True)
+    second = state.result()
+    text = pdf_text(second["pdf"])
+    assert f"Compared with the previous run {Path(first['run_dir']).name}" in text
+    before, now = first["validation_accuracy"], second["validation_accuracy"]
+    assert before != now  # the test's change: 3 epochs, then 1
+    assert f"accuracy {before:.3f} {now:.3f} {now - before:+.3f}" in text
+    assert "<link rel=stylesheet href=file:///etc/passwd> risk team" in text and "Risk tier high" in text
+    assert "Intended use not provided" in text
+    assert "nothing to compare with" in pdf_text(first["pdf"])
+    summary = json.loads((Path(second["run_dir"]) / "comparison" / "summary.json").read_text())
+    assert summary["previous"] == Path(first["run_dir"]).name and summary["shared_rows"] == 114

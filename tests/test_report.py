@@ -82,10 +82,10 @@ def test_report_pdf_has_every_section_and_metadata(hostile_run):
     _, report, _ = hostile_run
     reader = PdfReader(report["pdf"]["path"])
     text = pdf_text(report["pdf"]["path"])
-    for heading in ("Model compliance report", "1. Summary", "2. Data", "3. Training",
-                    "Weights and biases", "4. Validation metrics", "6. Explanations of individual decisions",
-                    "7. Misclassified images", "8. Explanation quality",
-                    "Appendix: reproducibility", "Artifacts (SHA-256)"):
+    for heading in ("Model compliance report", "1. Purpose and use", "2. Design and data", "Model and training",
+                    "Weights and biases", "3. Performance and testing", "Explanations of individual decisions",
+                    "Misclassified images", "Explanation quality", "5. Limitations", "6. Monitoring and changes",
+                    "7. Reproducibility", "Artifacts (SHA-256)", "Sign-off"):
         assert heading in text, heading
     assert reader.metadata.title.startswith("Compliance report: cifar10:")
     assert np.isfinite(len(reader.pages)) and len(reader.pages) >= 8

@@ -4,17 +4,23 @@ import sys
 
 import pytest
 
-from tasks.artifacts import write_manifest
+from tasks.artifacts import ATTACHMENTS, PRE_MANIFEST_NAME, write_manifest
+from tasks.render import render_pdf
 from tasks.errors import InputError
 from tasks.verify import verify_run
 
 
 @pytest.fixture
 def run_dir(tmp_path):
+    """A run directory in miniature: data, the files the PDF embeds, a real PDF/A-3b, the manifest."""
     run = tmp_path / "run"
     (run / "data").mkdir(parents=True)
     (run / "data" / "train.parquet").write_bytes(b"PAR1 some data PAR1")
-    (run / "report.pdf").write_bytes(b"%PDF-1.7 the report")
+    for rel in ATTACHMENTS:
+        (run / rel).parent.mkdir(parents=True, exist_ok=True)
+        (run / rel).write_bytes(f"contents of {rel}".encode())
+    render_pdf("audit_probe.html.j2", {"name": "run", "figure": "none.png", "escape": "none.png", "css": ""}, run,
+               run / "report.pdf", attachments=ATTACHMENTS)
     write_manifest(run)
     return run
 
@@ -23,13 +29,19 @@ def test_intact_run_verifies(run_dir):
     assert verify_run(run_dir) == []
 
 
-@pytest.mark.parametrize("name", ["report.pdf", "data/train.parquet"])
+@pytest.mark.parametrize("name", ["report.pdf", "data/train.parquet", PRE_MANIFEST_NAME])
 def test_one_changed_byte_in_any_artifact_is_caught(run_dir, name):
     path = run_dir / name
     data = bytearray(path.read_bytes())
-    data[5] ^= 0x01
+    data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
-    assert [p.split(" (")[0] for p in verify_run(run_dir)] == [f"changed: {name}"]
+    assert f"changed: {name}" in [p.split(" (")[0] for p in verify_run(run_dir)]
+
+
+def test_a_file_changed_and_re_manifested_still_differs_from_the_pdfs_copy(run_dir):
+    (run_dir / PRE_MANIFEST_NAME).write_text('{"files": {}}')
+    write_manifest(run_dir)  # the tamperer rewrites the manifest too; the PDF still carries the original
+    assert verify_run(run_dir) == [f"report.pdf carries a {PRE_MANIFEST_NAME} that differs from the run directory's"]
 
 
 def test_missing_and_added_files_are_caught(run_dir):

@@ -1,0 +1,47 @@
+"""The model card: read safely, every field shown or "not provided", bad cards refused clearly."""
+
+import pytest
+
+from tasks.config import RunConfig
+from tasks.errors import InputError
+from tasks.model_card import FIELDS, NOT_PROVIDED, read_model_card, store_model_card
+
+
+def test_fields_are_read_and_missing_ones_are_not_provided(tmp_path):
+    card = tmp_path / "card.yaml"
+    card.write_text("owner: Risk team\nout_of_scope_uses:\n  - credit decisions\n  - minors\nrisk_tier: 2\n")
+    stored = store_model_card(card, tmp_path / "run")
+    fields = {f["key"]: f for f in stored["fields"]}
+    assert list(fields) == list(FIELDS)
+    assert fields["owner"]["value"] == "Risk team" and fields["risk_tier"]["value"] == "2"
+    assert fields["out_of_scope_uses"]["value"] == ["credit decisions", "minors"]
+    assert fields["intended_use"] == {"key": "intended_use", "heading": "Intended use", "value": NOT_PROVIDED,
+                                      "missing": True}
+    assert (tmp_path / "run" / "model_card.yaml").read_bytes() == card.read_bytes()
+
+
+def test_no_card_means_every_field_not_provided(tmp_path):
+    stored = store_model_card(None, tmp_path)
+    assert not stored["provided"] and all(f["missing"] for f in stored["fields"])
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("text, message", [
+    ("owner: [unclosed", "not valid YAML"),
+    ("- just\n- a list\n", "must be a mapping"),
+    ("owner: x\nsalary: 3\n", "unknown fields \\['salary'\\]"),
+    ("owner:\n  name: x\n", "field 'owner' must be text"),
+    ("owner: !!python/object/apply:os.system ['echo hi']\n", "not valid YAML"),  # safe_load refuses objects
+])
+def test_bad_cards_are_refused_with_the_file_named(tmp_path, text, message):
+    card = tmp_path / "card.yaml"
+    card.write_text(text)
+    with pytest.raises(InputError, match=message):
+        read_model_card(card)
+
+
+def test_the_run_config_checks_the_card_before_anything_runs(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        RunConfig(model_card=tmp_path / "missing.yaml")
+    with pytest.raises(InputError, match="not a finished run directory"):
+        RunConfig(compare=tmp_path)
