@@ -39,7 +39,8 @@ class Dataset:
     labels: np.ndarray  # (n,) int64, indices into class_names
     source_ids: list[str]  # where each row came from, e.g. "cifar10:data_batch_1:17"
     class_names: list[str]
-    provenance: dict = field(default_factory=dict)  # facts for the report's data section
+    provenance: dict = field(default_factory=dict)  # facts for the report: source, input files' SHA-256
+
     modality: str = "image"  # image | table
     feature_names: list[str] = field(default_factory=list)  # tables: one per column of `inputs`
 
@@ -170,7 +171,7 @@ def _load_cifar10(directory: Path) -> Dataset:
     if not class_names:
         raise InputError(f"{meta_path} has no {CIFAR10.meta['key']!r} list")
 
-    images, labels, source_ids, checksums = [], [], [], {}
+    images, labels, source_ids, checksums, inputs = [], [], [], {}, {}
     for filename, official_md5 in CIFAR10.train_list + CIFAR10.test_list:
         path = base / filename
         if not path.is_file():
@@ -183,8 +184,10 @@ def _load_cifar10(directory: Path) -> Dataset:
         images.append(data.reshape(-1, 3, 32, 32))
         labels.append(batch_labels)
         source_ids += [f"cifar10:{filename}:{i}" for i in range(len(data))]
-        md5 = hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
+        raw = path.read_bytes()
+        md5 = hashlib.md5(raw, usedforsecurity=False).hexdigest()
         checksums[filename] = "official" if md5 == official_md5 else "not the official file"
+        inputs[filename] = hashlib.sha256(raw).hexdigest()
     if not images:
         raise InputError(f"no CIFAR-10 batches (data_batch_1..5, test_batch) in {base}")
     return Dataset(
@@ -193,7 +196,7 @@ def _load_cifar10(directory: Path) -> Dataset:
         labels=np.concatenate(labels),
         source_ids=source_ids,
         class_names=class_names,
-        provenance={"source": f"CIFAR-10 batches in {base}", "batches": checksums},
+        provenance={"source": f"CIFAR-10 batches in {base}", "batches": checksums, "input_sha256": inputs},
     )
 
 
@@ -241,8 +244,19 @@ def _load_imagefolder(directory: Path) -> Dataset:
         labels=np.array([label for _, label in files], dtype=np.int64),
         source_ids=[f"imagefolder:{path.relative_to(directory).as_posix()}" for path, _ in files],
         class_names=[p.name for p in class_dirs],
-        provenance={"source": f"image folder {directory}", "mode": mode},
+        provenance={"source": f"image folder {directory}", "mode": mode,
+                    "input_sha256": {"all images (SHA-256 of each file's relative path and SHA-256, in order)":
+                                     folder_digest(directory, [path for path, _ in files])}},
     )
+
+
+def folder_digest(directory: Path, files: list[Path]) -> str:
+    """One SHA-256 standing for many files: over each file's relative path and its own SHA-256, in order."""
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(f"{path.relative_to(directory).as_posix()}\0{hashlib.sha256(path.read_bytes()).hexdigest()}\n"
+                      .encode())
+    return digest.hexdigest()
 
 
 def _is_grayscale(path: Path) -> bool:

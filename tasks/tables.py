@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from tasks.artifacts import sha256_file
 from tasks.datasets import Dataset
 from tasks.errors import InputError
 
@@ -44,7 +45,9 @@ def load_breast_cancer() -> Dataset:
 def load_table_file(kind: str, path: Path, label: str) -> Dataset:
     """Read a CSV or Parquet file of numeric features and a label column into a `Dataset`."""
     table = _read_csv(path) if kind == "csv" else _read_parquet(path)
-    return table_to_dataset(table, label, f"{kind}:{path}", path.name)
+    dataset = table_to_dataset(table, label, f"{kind}:{path}", path.name)
+    dataset.provenance["input_sha256"] = {path.name: sha256_file(path)}
+    return dataset
 
 
 def table_to_dataset(table: pa.Table, label: str, name: str, source: str) -> Dataset:

@@ -1,10 +1,12 @@
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
 from pypdf import PdfReader
 from weasyprint import CSS, HTML
 
+from tasks.artifacts import ATTACHMENTS
 from tasks.explain import explain_model
 from tasks.load import load_data
 from tasks.provenance import environment
@@ -18,6 +20,12 @@ HOSTILE = ['<img src="file:///etc/passwd">', "x{background:url(file:///etc/hostn
 
 def pdf_text(path) -> str:
     return "\n".join(page.extract_text() for page in PdfReader(path).pages)
+
+
+def only_figures_and_attachments(url: str, run_dir: str) -> bool:
+    """What a report may read: its figures, and the files it embeds."""
+    embedded = {(Path(run_dir) / rel).as_uri() for rel in ATTACHMENTS}
+    return url.startswith(Path(run_dir).as_uri() + "/figures/") or url in embedded
 
 
 def test_jinja_environment_autoescapes():
@@ -75,7 +83,7 @@ def test_renderer_read_only_run_files(hostile_run):
     loaded, _, fetcher = hostile_run
     run_uri = loaded["run_dir"]
     assert fetcher.requested, "the report embeds figures"
-    assert all(url.startswith("file://" + run_uri + "/figures/") for url in fetcher.requested)
+    assert all(only_figures_and_attachments(url, run_uri) for url in fetcher.requested)
 
 
 def test_report_pdf_has_every_section_and_metadata(hostile_run):
@@ -124,7 +132,7 @@ def test_hostile_column_and_class_names_in_a_table_report_come_out_as_text(hosti
     for heading in ("Permutation feature importance", "Partial dependence and ICE", "LIME", "Method agreement"):
         assert heading in text
     assert fetcher.refused == []
-    assert all(url.startswith("file://" + loaded["run_dir"] + "/figures/") for url in fetcher.requested)
+    assert all(only_figures_and_attachments(url, loaded["run_dir"]) for url in fetcher.requested)
 
 
 _OPENED: list[str] | None = None  # set while a test records the files Python opens
