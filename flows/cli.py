@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--compare", type=Path, metavar="RUN_DIR",
                      help="an earlier run to compare with (default: the newest intact run of the same dataset "
                           "under --out)")
+    run.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                     help="finish a run that died, in its own directory and with its recorded parameters (run.json); "
+                          "the steps it had finished are reused (Cached), not recomputed")
     run.add_argument("--verbose", action="store_true", help="show Prefect's own log lines on the console")
 
     own = commands.add_parser(
@@ -142,9 +145,17 @@ def check_prefect_api() -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    config = RunConfig(dataset=args.dataset, label=args.label, model_card=args.model_card, compare=args.compare,
-                       epochs=args.epochs, background=args.background,
-                       explain=args.explain, seed=args.seed, out=args.out, shap_engine=args.shap_engine)
+    if args.resume:
+        from tasks.resume import resumable_parameters
+
+        recorded = resumable_parameters(args.resume)
+        config = RunConfig(**{k: v for k, v in recorded.items() if k in RunConfig.__dataclass_fields__},
+                           resume=args.resume)
+        print(f"resuming {config.resume} with its recorded parameters")
+    else:
+        config = RunConfig(dataset=args.dataset, label=args.label, model_card=args.model_card, compare=args.compare,
+                           epochs=args.epochs, background=args.background,
+                           explain=args.explain, seed=args.seed, out=args.out, shap_engine=args.shap_engine)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # A busy 2-core machine (two runs at once) can take longer than Prefect's 20 s to start its local server.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
@@ -156,7 +167,8 @@ def run_command(args: argparse.Namespace) -> int:
                                background=config.background, explain=config.explain, seed=config.seed,
                                out=str(config.out), shap_engine=config.shap_engine,
                                model_card=str(config.model_card) if config.model_card else None,
-                               compare=str(config.compare) if config.compare else None)
+                               compare=str(config.compare) if config.compare else None,
+                               resume=str(config.resume) if config.resume else None)
     print(f"validation accuracy: {result['validation_accuracy']:.3f}; "
           f"largest SHAP additivity error: {result['max_additivity_error']:.2e}")
     print(f"run directory: {result['run_dir']}")

@@ -27,6 +27,7 @@ from tasks.partial_dependence import compute_partial_dependence
 from tasks.permutation import compute_permutation_importance
 from tasks.provenance import environment
 from tasks.report import render_report
+from tasks.resume import RESULTS_DIR, input_hash_key, record_run
 from tasks.slices import analyse_slices
 from tasks.train import train_model
 
@@ -44,6 +45,21 @@ faithfulness_step = task(check_faithfulness, name="faithfulness", tags=["gpu"])
 model_card_step = task(store_model_card, name="model-card")
 compare_step = task(compare_runs, name="compare")
 report_step = task(render_report, name="report")
+STEPS = {"train": train_step, "explain": explain_step, "gradients": gradients_step, "permutation": permutation_step,
+         "partial_dependence": partial_dependence_step, "kernel_shap": kernel_shap_step, "lime": lime_step,
+         "slices": slices_step, "agreement": agreement_step, "faithfulness": faithfulness_step,
+         "model_card": model_card_step, "compare": compare_step, "report": report_step}
+
+
+def resumable_steps(run_dir: str) -> dict:
+    """The steps after load, cached by the hashes of their inputs, results kept (as JSON) in the run directory.
+
+    A run that died is finished by running it again into the same directory (--resume):
+    the steps that had completed come back Cached. See tasks/resume.py.
+    """
+    storage = Path(run_dir) / RESULTS_DIR  # a path: Prefect stores there without a saved storage block
+    return {name: step.with_options(cache_key_fn=input_hash_key, persist_result=True, result_storage=storage,
+                                    result_serializer="json") for name, step in STEPS.items()}
 
 
 @flow(name="compliance_report", log_prints=True)
@@ -58,47 +74,53 @@ def compliance_report(
     shap_engine: str = RunConfig.shap_engine,
     model_card: str | None = None,
     compare: str | None = None,
+    resume: str | None = None,
 ) -> dict:
     """Train (or load) the model, explain it and render a PDF compliance report into a new run directory."""
     config = RunConfig(dataset=dataset, label=label, epochs=epochs, background=background, explain=explain, seed=seed,
-                       out=Path(out), shap_engine=shap_engine, model_card=model_card, compare=compare)
+                       out=Path(out), shap_engine=shap_engine, model_card=model_card, compare=compare,
+                       resume=resume)
     loaded = load_step(config.dataset, config.out, config.seed, config.val_fraction, config.background, config.explain,
-                       config.label)
+                       config.label, config.resume)
     run_dir = loaded["run_dir"]
-    trained = train_step(loaded["train"]["path"], loaded["validation"]["path"], run_dir,
+    record_run(run_dir, {k: v for k, v in config.to_json().items() if k != "resume"})
+    steps = resumable_steps(run_dir)
+    trained = steps["train"](loaded["train"]["path"], loaded["validation"]["path"], run_dir,
                          config.epochs, config.batch_size, config.seed)
-    explained = explain_step(trained["weights"]["path"], loaded["train"]["path"], loaded["validation"]["path"],
+    explained = steps["explain"](trained["weights"]["path"], loaded["train"]["path"], loaded["validation"]["path"],
                              run_dir, config.background, config.explain, config.seed, config.shap_engine)
-    analyses = explain_further(run_dir, loaded, trained, explained, config.seed)
-    analyses["faithfulness"] = faithfulness_step(
+    analyses = explain_further(run_dir, loaded, trained, explained, config.seed, steps)
+    analyses["faithfulness"] = steps["faithfulness"](
         trained["weights"]["path"], loaded["train"]["path"], loaded["validation"]["path"],
         explained["explained"]["path"], explained["shap_values"]["path"], explained["background"]["path"], run_dir,
         config.seed, config.shap_engine)
-    analyses["model_card"] = model_card_step(config.model_card, run_dir)
+    analyses["model_card"] = steps["model_card"](config.model_card, run_dir)
     previous = config.compare or previous_run(config.out, config.dataset, Path(run_dir))
-    analyses["comparison"] = compare_step(run_dir, previous)
+    analyses["comparison"] = steps["compare"](run_dir, previous)
     run_info = {"id": flow_run.get_id(), "name": flow_run.get_name(), "url": flow_run.get_flow_run_ui_url()}
-    report = report_step(run_dir, loaded, trained, explained, config.to_json(), environment(), run_info, analyses)
+    report = steps["report"](run_dir, loaded, trained, explained, config.to_json(), environment(), run_info, analyses)
     publish_artifacts(run_dir, trained, explained, report)
     return {"run_dir": run_dir, "pdf": report["pdf"]["path"], "manifest": report["manifest"]["path"],
             "validation_accuracy": trained["final_validation"]["accuracy"],
             "max_additivity_error": explained["max_additivity_error"]}
 
 
-def explain_further(run_dir: str, loaded: dict, trained: dict, explained: dict, seed: int) -> dict:
+def explain_further(run_dir: str, loaded: dict, trained: dict, explained: dict, seed: int,
+                    steps: dict | None = None) -> dict:
     """The techniques beside DeepSHAP, each a task writing its own Parquet file; returns their results by name."""
+    steps = steps or STEPS
     weights, train, validation = trained["weights"]["path"], loaded["train"]["path"], loaded["validation"]["path"]
     rows, background = explained["explained"]["path"], explained["background"]["path"]
-    analyses = {"gradients": gradients_step(weights, train, validation, rows, background, run_dir),
-                "permutation": permutation_step(weights, validation, run_dir, seed)}
+    analyses = {"gradients": steps["gradients"](weights, train, validation, rows, background, run_dir),
+                "permutation": steps["permutation"](weights, validation, run_dir, seed)}
     importance = analyses["permutation"]["permutation_importance"]["path"]
     if loaded["modality"] == "table":
-        analyses["partial_dependence"] = partial_dependence_step(weights, validation, importance, run_dir)
-    analyses["kernel_shap"] = kernel_shap_step(weights, train, validation, rows, background, run_dir, seed)
-    analyses["lime"] = lime_step(weights, train, validation, rows, run_dir, seed)
-    analyses["slices"] = slices_step(weights, validation, importance, run_dir)
-    analyses["agreement"] = agreement_step(run_dir, loaded, explained, analyses["gradients"], analyses["lime"],
-                                           analyses["kernel_shap"], analyses["permutation"])
+        analyses["partial_dependence"] = steps["partial_dependence"](weights, validation, importance, run_dir)
+    analyses["kernel_shap"] = steps["kernel_shap"](weights, train, validation, rows, background, run_dir, seed)
+    analyses["lime"] = steps["lime"](weights, train, validation, rows, run_dir, seed)
+    analyses["slices"] = steps["slices"](weights, validation, importance, run_dir)
+    analyses["agreement"] = steps["agreement"](run_dir, loaded, explained, analyses["gradients"], analyses["lime"],
+                                               analyses["kernel_shap"], analyses["permutation"])
     return analyses
 
 

@@ -95,9 +95,10 @@ def build_manifest(run_dir: Path, extra: dict | None = None, exclude: tuple[str,
     """List every file in the run directory (but the manifest, or `exclude`) with its size and SHA-256."""
     files = {}
     for path in sorted(run_dir.rglob("*")):
-        if path.is_file() and path.relative_to(run_dir).as_posix() not in exclude and not path.name.startswith("."):
-            rel = path.relative_to(run_dir).as_posix()
-            files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+        rel = path.relative_to(run_dir)
+        hidden = any(part.startswith(".") for part in rel.parts)  # temporary files, Prefect's cached results
+        if path.is_file() and rel.as_posix() not in exclude and not hidden:
+            files[rel.as_posix()] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     return {"run_dir": run_dir.name, "files": files, **(extra or {})}
 
 

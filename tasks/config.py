@@ -52,6 +52,7 @@ class RunConfig:
     shap_engine: str = "fast"  # DeepSHAP implementation: see SHAP_ENGINES
     model_card: Path | None = None  # YAML model card (owner, intended use, ...), shown in the report
     compare: Path | None = None  # an earlier run to compare with; None: the newest one of the dataset in `out`
+    resume: Path | None = None  # an unfinished run directory to finish (its finished steps are reused)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "background", "explain", "batch_size"):
@@ -74,10 +75,20 @@ class RunConfig:
             read_model_card(self.model_card)
         if self.compare is not None:
             object.__setattr__(self, "compare", check_previous_run(Path(self.compare)))
+        if self.resume is not None:
+            from tasks.resume import resumable_parameters
+
+            object.__setattr__(self, "resume", Path(self.resume).expanduser().resolve())
+            recorded = resumable_parameters(self.resume)
+            mine = {k: v for k, v in self.to_json().items() if k != "resume"}
+            differing = sorted(k for k in mine if k in recorded and recorded[k] != mine[k])
+            if differing:
+                raise InputError(f"--resume {self.resume}: it was started with other {', '.join(differing)}; "
+                                 "resume it with its recorded parameters (run.json)")
 
     def to_json(self) -> dict:
         """Plain JSON-able parameters, as recorded in the manifest and the report."""
         values = asdict(self)
-        for key in ("out", "model_card", "compare"):
+        for key in ("out", "model_card", "compare", "resume"):
             values[key] = str(values[key]) if values[key] is not None else None
         return values

@@ -28,6 +28,7 @@ from sklearn.model_selection import train_test_split
 from tasks.artifacts import new_run_dir, sha256_file, write_parquet_atomic
 from tasks.datasets import Dataset, load_dataset
 from tasks.errors import InputError
+from tasks.resume import clear_partial_files
 
 SCHEMA_TAG = "split/2"
 META_CLASSES = b"accountability.class_names"
@@ -102,7 +103,7 @@ def require_rows(option: str, wanted: int, split: str, available: int) -> None:
 
 
 def load_data(dataset: str, out: Path, seed: int, val_fraction: float, background: int = 1, explain: int = 1,
-              label: str | None = None) -> dict:
+              label: str | None = None, resume: Path | None = None) -> dict:
     """Read `dataset`, create the run directory, write the two splits; return their paths and hashes.
 
     `background` and `explain` are the later steps' needs from the training and validation
@@ -112,7 +113,11 @@ def load_data(dataset: str, out: Path, seed: int, val_fraction: float, backgroun
     train_idx, val_idx = _stratified_split(data, seed, val_fraction)
     require_rows("background", background, "training", len(train_idx))
     require_rows("explain", explain, "validation", len(val_idx))
-    run_dir = new_run_dir(out, dataset.split(":")[0])
+    if resume is not None:  # the same directory again: its split files come out byte-identical
+        run_dir = Path(resume).resolve()
+        clear_partial_files(run_dir)
+    else:
+        run_dir = new_run_dir(out, dataset.split(":")[0])
     result = {"run_dir": str(run_dir), "dataset": data.name, "class_names": data.class_names,
               "modality": data.modality, "feature_names": data.feature_names,
               "input_shape": list(data.inputs.shape[1:]), "provenance": data.provenance}

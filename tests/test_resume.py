@@ -1,0 +1,110 @@
+"""kill -9 in the middle of a run, then --resume: finished steps are reused (Cached), nothing half-made is
+ever published, and the result matches an uninterrupted run."""
+
+import asyncio
+import inspect
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from safetensors import safe_open
+
+from tasks.artifacts import sha256_file
+from tasks.errors import InputError
+from tasks.resume import RUN_RECORD, resumable_parameters
+
+PARAMS = ["--dataset", "breast-cancer", "--epochs", "2", "--background", "30", "--explain", "6"]
+COMPARED = ["model/model.safetensors", "explain/shap_values.parquet", "explain/lime.parquet",
+            "explain/kernel_shap.parquet", "analysis/permutation_importance.parquet", "quality/stability.parquet"]
+
+
+def task_states(flow_run_id) -> dict[str, str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    async def query():
+        async with get_client() as client:
+            return await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                                               sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=50)
+
+    return {t.name.rsplit("-", 1)[0]: t.state.name for t in asyncio.run(query())}
+
+
+def run_flow(**parameters):
+    from flows.compliance_report import compliance_report
+
+    accepted = inspect.signature(compliance_report.fn).parameters
+    state = compliance_report(**{k: v for k, v in parameters.items() if k in accepted}, return_state=True)
+    return state, state.result()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(prefect_server, tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole")
+    _, result = run_flow(dataset="breast-cancer", epochs=2, background=30, explain=6, out=str(out))
+    return Path(result["run_dir"])
+
+
+def kill_when(trigger: str, out: Path, tmp_path: Path) -> Path:
+    """Start `accountability run`, kill -9 it as soon as `trigger` exists in its run directory."""
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    process = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", *PARAMS, "--out", str(out)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(out.glob(f"*/{trigger}")):
+            assert process.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, f"{trigger} never appeared"
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGKILL)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    (run_dir,) = out.iterdir()
+    return run_dir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trigger", ["explain/shap_values.parquet", "figures/training_curves.png"])  # SHAP, report
+def test_killed_run_resumes_with_cached_steps_and_matches_an_uninterrupted_one(uninterrupted, tmp_path, trigger):
+    run_dir = kill_when(trigger, tmp_path / "reports", tmp_path)
+    assert not (run_dir / "report.pdf").exists() and not (run_dir / "manifest.json").exists()
+    for path in run_dir.rglob("*"):  # every file under its final name is complete
+        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(run_dir).parts):
+            if path.suffix == ".parquet":
+                pq.read_table(path).validate(full=True)
+            elif path.suffix == ".safetensors":
+                with safe_open(str(path), framework="pt") as handle:
+                    assert handle.keys()
+
+    parameters = resumable_parameters(run_dir)
+    state, result = run_flow(**parameters, resume=str(run_dir))
+    assert result["run_dir"] == str(run_dir)
+    states = task_states(state.state_details.flow_run_id)
+    assert states["train"] == "Cached" and states["report"] == "Completed"
+    from tasks.verify import verify_run
+
+    assert verify_run(run_dir) == []
+    for rel in COMPARED:
+        assert sha256_file(run_dir / rel) == sha256_file(uninterrupted / rel), rel
+    assert not list(run_dir.rglob(".*.tmp"))
+
+
+def test_a_finished_or_foreign_directory_cannot_be_resumed(tmp_path):
+    with pytest.raises(InputError, match="no such run directory"):
+        resumable_parameters(tmp_path / "missing")
+    with pytest.raises(InputError, match=f"no {RUN_RECORD}"):
+        resumable_parameters(tmp_path)
+    (tmp_path / RUN_RECORD).write_text(json.dumps({"dataset": "digits"}))
+    (tmp_path / "manifest.json").write_text("{}")
+    with pytest.raises(InputError, match="the run finished"):
+        resumable_parameters(tmp_path)
