@@ -7,6 +7,7 @@ and SHA-256 hashes of Parquet and safetensors files, never pickled objects.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from prefect import flow, task
@@ -16,7 +17,7 @@ from prefect.runtime import flow_run
 from tasks.agreement import measure_agreement
 from tasks.compare import compare_runs, previous_run
 from tasks.config import RunConfig
-from tasks.explain import explain_model
+from tasks.explain import explain_model, explain_outputs
 from tasks.faithfulness import check_faithfulness
 from tasks.gradients import gradient_attributions
 from tasks.kernel_shap import explain_kernel_shap
@@ -29,22 +30,41 @@ from tasks.provenance import environment
 from tasks.report import render_report
 from tasks.resume import RESULTS_DIR, input_hash_key, record_run
 from tasks.slices import analyse_slices
+from tasks.errors import InputError
 from tasks.train import train_model
 
-load_step = task(load_data, name="load")
-train_step = task(train_model, name="train")
-explain_step = task(explain_model, name="explain", tags=["gpu"])
-gradients_step = task(gradient_attributions, name="gradients")
-permutation_step = task(compute_permutation_importance, name="permutation-importance")
-partial_dependence_step = task(compute_partial_dependence, name="partial-dependence")
-kernel_shap_step = task(explain_kernel_shap, name="kernel-shap")
-lime_step = task(explain_lime, name="lime")
-slices_step = task(analyse_slices, name="slices")
-agreement_step = task(measure_agreement, name="method-agreement")
-faithfulness_step = task(check_faithfulness, name="faithfulness", tags=["gpu"])
-model_card_step = task(store_model_card, name="model-card")
-compare_step = task(compare_runs, name="compare")
-report_step = task(render_report, name="report")
+
+class StepFailed(RuntimeError):
+    """A step failed with something other than a clear InputError; the message names the step."""
+
+
+def step(fn, name: str, **options):
+    """`fn` as a Prefect task whose failure says which step failed and why (the flow run's state message)."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except InputError as exc:
+            raise InputError(f"{name} step: {exc}") from None
+        except Exception as exc:
+            raise StepFailed(f"{name} step failed: {type(exc).__name__}: {exc}") from exc
+    return task(run, name=name, **options)
+
+
+load_step = step(load_data, "load")
+train_step = step(train_model, "train")
+explain_step = step(explain_model, "explain", tags=["gpu"])
+gradients_step = step(gradient_attributions, "gradients")
+permutation_step = step(compute_permutation_importance, "permutation-importance")
+partial_dependence_step = step(compute_partial_dependence, "partial-dependence")
+kernel_shap_step = step(explain_kernel_shap, "kernel-shap")
+lime_step = step(explain_lime, "lime")
+slices_step = step(analyse_slices, "slices")
+agreement_step = step(measure_agreement, "method-agreement")
+faithfulness_step = step(check_faithfulness, "faithfulness", tags=["gpu"])
+model_card_step = step(store_model_card, "model-card")
+compare_step = step(compare_runs, "compare")
+report_step = step(render_report, "report")
 STEPS = {"train": train_step, "explain": explain_step, "gradients": gradients_step, "permutation": permutation_step,
          "partial_dependence": partial_dependence_step, "kernel_shap": kernel_shap_step, "lime": lime_step,
          "slices": slices_step, "agreement": agreement_step, "faithfulness": faithfulness_step,
@@ -75,6 +95,7 @@ def compliance_report(
     model_card: str | None = None,
     compare: str | None = None,
     resume: str | None = None,
+    explain_deployment: str | None = None,
 ) -> dict:
     """Train (or load) the model, explain it and render a PDF compliance report into a new run directory."""
     config = RunConfig(dataset=dataset, label=label, epochs=epochs, background=background, explain=explain, seed=seed,
@@ -87,8 +108,10 @@ def compliance_report(
     steps = resumable_steps(run_dir)
     trained = steps["train"](loaded["train"]["path"], loaded["validation"]["path"], run_dir,
                          config.epochs, config.batch_size, config.seed)
-    explained = steps["explain"](trained["weights"]["path"], loaded["train"]["path"], loaded["validation"]["path"],
-                             run_dir, config.background, config.explain, config.seed, config.shap_engine)
+    explain_args = (trained["weights"]["path"], loaded["train"]["path"], loaded["validation"]["path"], run_dir,
+                    config.background, config.explain, config.seed, config.shap_engine)
+    explained = (explain_on_deployment(explain_deployment, *explain_args) if explain_deployment
+                 else steps["explain"](*explain_args))
     analyses = explain_further(run_dir, loaded, trained, explained, config.seed, steps)
     analyses["faithfulness"] = steps["faithfulness"](
         trained["weights"]["path"], loaded["train"]["path"], loaded["validation"]["path"],
@@ -103,6 +126,19 @@ def compliance_report(
     return {"run_dir": run_dir, "pdf": report["pdf"]["path"], "manifest": report["manifest"]["path"],
             "validation_accuracy": trained["final_validation"]["accuracy"],
             "max_additivity_error": explained["max_additivity_error"]}
+
+
+def explain_on_deployment(name: str, weights_path: str, train_path: str, validation_path: str, run_dir: str,
+                          background: int, explain: int, seed: int, engine: str) -> dict:
+    """Run the SHAP stage as the deployment `name` (e.g. on the `gpu` work pool) and wait for it."""
+    from prefect.deployments import run_deployment
+
+    child = run_deployment(name, parameters={
+        "weights_path": weights_path, "train_path": train_path, "validation_path": validation_path,
+        "run_dir": run_dir, "background": background, "explain": explain, "seed": seed, "engine": engine})
+    if not child.state.is_completed():
+        raise StepFailed(f"explain step failed: deployment {name} ended {child.state.name}: {child.state.message}")
+    return explain_outputs(run_dir)
 
 
 def explain_further(run_dir: str, loaded: dict, trained: dict, explained: dict, seed: int,

@@ -86,6 +86,22 @@ def read_shap_values(path: Path) -> tuple[np.ndarray, dict]:
     return values.reshape(-1, n_classes, *shape), meta
 
 
+def explain_outputs(run_dir: Path) -> dict:
+    """What `explain_model` returned, read back from the files it wrote (when it ran in another process,
+    e.g. on a GPU worker through the `explain` deployment)."""
+    out_dir = Path(run_dir) / "explain"
+    files = {name: out_dir / f"{name}.parquet" for name in ("shap_values", "explained", "background", "predictions")}
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        raise InputError(f"the explain stage did not write {', '.join(missing)}")
+    meta = pq.read_schema(files["shap_values"]).metadata
+    errors = pq.read_table(files["explained"], columns=["additivity_error"]).column(0).to_numpy()
+    return {**{name: {"path": str(p), "sha256": sha256_file(p)} for name, p in files.items()},
+            "engine": meta[b"accountability.engine"].decode(), "device": meta[b"accountability.device"].decode(),
+            "max_additivity_error": float(errors.max()),
+            "expected_values": json.loads(meta[b"accountability.expected_values"])}
+
+
 def _round_robin(candidates: list[int], labels: np.ndarray, size: int, exclude: set | None = None) -> list[int]:
     by_class: dict[int, list[int]] = {}
     for i in candidates:
@@ -151,7 +167,7 @@ def explain_model(weights_path: Path, train_path: Path, validation_path: Path, r
     values_path = out_dir / "shap_values.parquet"
     values_meta = {b"accountability.expected_values": json.dumps(expected.tolist()).encode(),
                    b"accountability.input_shape": json.dumps(shape).encode(),
-                   b"accountability.engine": engine.encode()}
+                   b"accountability.engine": engine.encode(), b"accountability.device": device.type.encode()}
     values_schema = pa.schema([("position", pa.int32()), ("source_id", pa.string()), ("class_index", pa.int32()),
                                ("values", pa.list_(pa.float32(), size))], metadata=values_meta)
     additivity = np.zeros(len(image_idx))

@@ -1,0 +1,56 @@
+"""Create or update the deployments described in deploy/prefect.yaml on the server at PREFECT_API_URL.
+
+`prefect deploy` itself creates them too, but with prefect 3.8.8 and fastapi 0.154 (the pins this
+project needs, see constraints.txt) its closing "are workers online?" query gets 422 from the
+server and it stops after the first deployment. This applies the same file through Prefect's
+Python API (RunnerDeployment.apply), which skips that query. `{{ $VAR }}` values are taken
+from the environment, as `prefect deploy` does.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+import yaml
+from prefect.deployments.runner import RunnerDeployment
+
+PREFECT_FILE = Path(__file__).resolve().parent / "prefect.yaml"
+ROOT = PREFECT_FILE.parent.parent
+
+
+def expand(value):
+    """Replace every {{ $NAME }} with the environment variable NAME (which must be set)."""
+    if isinstance(value, dict):
+        return {k: expand(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand(v) for v in value]
+    if isinstance(value, str):
+        def lookup(match: re.Match) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                sys.exit(f"deploy/prefect.yaml needs the environment variable {name}")
+            return os.environ[name]
+        return re.sub(r"\{\{\s*\$(\w+)\s*\}\}", lookup, value)
+    return value
+
+
+def main() -> int:
+    config = expand(yaml.safe_load(PREFECT_FILE.read_text()))
+    os.chdir(ROOT)  # entrypoints are relative to the repository root, where workers run them
+    for spec in config["deployments"]:
+        pool = spec["work_pool"]
+        deployment = RunnerDeployment.from_entrypoint(
+            spec["entrypoint"], name=spec["name"], description=spec.get("description"),
+            cron=[s["cron"] for s in spec.get("schedules", [])] or None,
+            parameters=spec.get("parameters"), concurrency_limit=spec.get("concurrency_limit"),
+            work_pool_name=pool["name"], job_variables=pool.get("job_variables"))
+        deployment_id = deployment.apply(work_pool_name=pool["name"])
+        print(f"deployment {deployment.flow_name}/{deployment.name} on pool {pool['name']}: {deployment_id}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Run as a service, for real: deploy/stack.sh brings up a Prefect server, the cpu and gpu pools, the
+deployments of deploy/prefect.yaml and one worker per pool; a deployed report runs its SHAP stage on
+the gpu pool's worker. Every process is stopped by the fixture, even when a test fails."""
+
+import os
+import socket
+import subprocess
+import time
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    base = tmp_path_factory.mktemp("stack")
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "STACK_DIR": str(base / "state"), "PREFECT_HOME": str(base / "home"),
+           "ACCOUNTABILITY_REPORTS": str(base / "reports"), "PREFECT_WORKER_QUERY_SECONDS": "2"}
+    env.pop("PREFECT_API_URL", None)
+    try:
+        subprocess.run([str(ROOT / "deploy" / "stack.sh"), "up"], env=env, check=True, timeout=300,
+                       capture_output=True, text=True)
+        yield {"api": f"http://127.0.0.1:{port}/api", "env": {**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"},
+               "base": base}
+    finally:
+        subprocess.run([str(ROOT / "deploy" / "stack.sh"), "down"], env=env, timeout=120)
+
+
+def api(stack, path: str, body: dict | None = None):
+    """The server's REST API; filters are sent without nulls (this server answers 422 to them)."""
+    url = stack["api"] + path
+    for attempt in range(3):  # a 2-core machine running the server, two workers and a flow can be slow to answer
+        try:
+            response = httpx.post(url, json=body, timeout=60) if body is not None else httpx.get(url, timeout=60)
+            break
+        except httpx.TimeoutException:
+            if attempt == 2:
+                raise
+    response.raise_for_status()
+    return response.json()
+
+
+def test_the_monthly_deployment_gets_scheduled_runs_from_the_cron(stack):
+    deployment = api(stack, "/deployments/name/compliance_report/monthly")
+    assert deployment["schedules"][0]["schedule"]["cron"] == "0 6 1 * *"
+    deadline = time.monotonic() + 60
+    while True:
+        runs = api(stack, "/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [deployment["id"]]},
+                                                               "state": {"type": {"any_": ["SCHEDULED"]}}},
+                                                "limit": 10, "offset": 0, "sort": "EXPECTED_START_TIME_ASC"})
+        if runs or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert runs, "the scheduler created no runs for the cron schedule"
+    starts = [datetime.fromisoformat(r["expected_start_time"].replace("Z", "+00:00")) for r in runs]
+    assert all(s.day == 1 and s.hour == 6 and s.minute == 0 for s in starts)
+
+
+def test_a_deployed_report_runs_its_shap_stage_on_the_gpu_worker(stack):
+    out = stack["base"] / "on-demand"
+    started = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "prefect"), "deployment", "run", "compliance_report/monthly",
+         "-p", "dataset=breast-cancer", "-p", "epochs=1", "-p", "background=20", "-p", "explain=4", "-p", f"out={out}"],
+        env=stack["env"], capture_output=True, text=True, timeout=120, check=True)
+    flow_run_id = started.stdout.split("/runs/flow-run/")[1].split()[0].strip()
+    deadline = time.monotonic() + 480
+    while (parent := api(stack, f"/flow_runs/{flow_run_id}"))["state_type"] not in ("COMPLETED", "FAILED", "CRASHED"):
+        assert time.monotonic() < deadline, f"the deployed run is still {parent['state_type']}"
+        time.sleep(3)
+    assert parent["state_type"] == "COMPLETED", parent["state"]["message"]
+    assert parent["work_pool_name"] == "cpu"
+
+    children = api(stack, "/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [flow_run_id]}},
+                                                "limit": 5, "offset": 0, "sort": "START_TIME_DESC"})
+    gpu_deployment = api(stack, "/deployments/name/explain/gpu")
+    (child,) = [c for c in children if c["deployment_id"] == gpu_deployment["id"]]
+    assert child["state_type"] == "COMPLETED" and child["work_pool_name"] == "gpu"
+    gpu_log = (stack["base"] / "state" / "worker-gpu.log").read_text()
+    assert f"Worker 'gpu-worker' submitting flow run '{child['id']}'" in gpu_log
+
+    artifacts = api(stack, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}},
+                                                 "limit": 50, "offset": 0, "sort": "KEY_ASC"})
+    keys = {a["key"] for a in artifacts}
+    assert {"compliance-summary", "validation-metrics", "report-pdf"} <= keys
+    assert any(a["type"] == "progress" for a in artifacts)  # the long steps' progress
+    (run_dir,) = out.iterdir()
+    assert (run_dir / "report.pdf").is_file() and (run_dir / "manifest.json").is_file()
