@@ -4,7 +4,8 @@
 #   deploy/stack.sh up      start it (state, logs and pids in $STACK_DIR, default .stack/)
 #   deploy/stack.sh down    stop every process it started
 # Settings (environment): PORT (4200), STACK_DIR (.stack), ACCOUNTABILITY_REPORTS (reports),
-# ACCOUNTABILITY_GPUS (0: the CUDA devices the gpu worker's runs see), GPU_COUNT (1: the gpu pool's limit).
+# ACCOUNTABILITY_GPUS (0: the CUDA devices the gpu worker's runs see), GPU_COUNT (1: the gpu pool's limit),
+# PREFECT_SERVER_API_AUTH_STRING (user:password: the server then answers 401 without it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -17,6 +18,11 @@ export PREFECT_SERVER_ANALYTICS_ENABLED=false
 export ACCOUNTABILITY_ROOT=$ROOT
 export ACCOUNTABILITY_REPORTS=$(mkdir -p "${ACCOUNTABILITY_REPORTS:-reports}" && cd "${ACCOUNTABILITY_REPORTS:-reports}" && pwd)
 export ACCOUNTABILITY_GPUS=${ACCOUNTABILITY_GPUS:-0}
+if [ -n "${PREFECT_SERVER_API_AUTH_STRING:-}" ]; then  # a protected API: this script and its workers log in
+  export PREFECT_API_AUTH_STRING=${PREFECT_API_AUTH_STRING:-$PREFECT_SERVER_API_AUTH_STRING}
+fi
+CURL_AUTH=()
+[ -n "${PREFECT_API_AUTH_STRING:-}" ] && CURL_AUTH=(-u "$PREFECT_API_AUTH_STRING")
 
 start() {  # start NAME CMD...: in its own process group, pid in $STACK_DIR/NAME.pid
   local name=$1; shift
@@ -27,10 +33,10 @@ start() {  # start NAME CMD...: in its own process group, pid in $STACK_DIR/NAME
 up() {
   start server "$PREFECT" server start --host 127.0.0.1 --port "$PORT"
   for _ in $(seq 1 120); do
-    curl -sf "$PREFECT_API_URL/health" > /dev/null && break
+    curl -sf "${CURL_AUTH[@]}" "$PREFECT_API_URL/health" > /dev/null && break
     sleep 1
   done
-  curl -sf "$PREFECT_API_URL/health" > /dev/null || { echo "server did not start: see $STACK_DIR/server.log" >&2; down; exit 1; }
+  curl -sf "${CURL_AUTH[@]}" "$PREFECT_API_URL/health" > /dev/null || { echo "server did not start: see $STACK_DIR/server.log" >&2; down; exit 1; }
   for pool in cpu gpu; do
     "$PREFECT" work-pool inspect "$pool" > /dev/null 2>&1 || "$PREFECT" work-pool create "$pool" --type process > /dev/null
   done
