@@ -78,8 +78,9 @@ def resumable_steps(run_dir: str) -> dict:
     the steps that had completed come back Cached. See tasks/resume.py.
     """
     storage = Path(run_dir) / RESULTS_DIR  # a path: Prefect stores there without a saved storage block
-    return {name: step.with_options(cache_key_fn=input_hash_key, persist_result=True, result_storage=storage,
-                                    result_serializer="json") for name, step in STEPS.items()}
+    return {name: prefect_task.with_options(cache_key_fn=input_hash_key, persist_result=True,
+                                            result_storage=storage, result_serializer="json")
+            for name, prefect_task in STEPS.items()}
 
 
 @flow(name="compliance_report", log_prints=True)
@@ -97,7 +98,11 @@ def compliance_report(
     resume: str | None = None,
     explain_deployment: str | None = None,
 ) -> dict:
-    """Train (or load) the model, explain it and render a PDF compliance report into a new run directory."""
+    """Train the model, explain it and render a PDF compliance report into a new run directory.
+
+    `resume` finishes an unfinished run directory instead (its finished steps come back Cached);
+    `explain_deployment` (e.g. "explain/gpu") sends the SHAP stage to that deployment's workers.
+    """
     config = RunConfig(dataset=dataset, label=label, epochs=epochs, background=background, explain=explain, seed=seed,
                        out=Path(out), shap_engine=shap_engine, model_card=model_card, compare=compare,
                        resume=resume)
@@ -107,7 +112,7 @@ def compliance_report(
     record_run(run_dir, {k: v for k, v in config.to_json().items() if k != "resume"})
     steps = resumable_steps(run_dir)
     trained = steps["train"](loaded["train"]["path"], loaded["validation"]["path"], run_dir,
-                         config.epochs, config.batch_size, config.seed)
+                             config.epochs, config.batch_size, config.seed)
     explain_args = (trained["weights"]["path"], loaded["train"]["path"], loaded["validation"]["path"], run_dir,
                     config.background, config.explain, config.seed, config.shap_engine)
     explained = (explain_on_deployment(explain_deployment, *explain_args) if explain_deployment

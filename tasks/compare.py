@@ -31,9 +31,8 @@ SHIFT_THRESHOLD = 0.1  # a KS statistic above this marks a feature (or channel) 
 
 
 def previous_run(out: Path, dataset: str, current: Path) -> Path | None:
-    """The newest finished, intact run of `dataset` under `out`, other than `current`."""
-    candidates = []
-    for run_dir in Path(out).iterdir():
+    """The newest finished, intact run of `dataset` under `out`, other than `current` (newest checked first)."""
+    for run_dir in sorted(Path(out).iterdir(), key=lambda p: p.name, reverse=True):
         manifest = run_dir / MANIFEST_NAME
         if run_dir.resolve() == Path(current).resolve() or not manifest.is_file():
             continue
@@ -42,8 +41,8 @@ def previous_run(out: Path, dataset: str, current: Path) -> Path | None:
         except ValueError:
             continue
         if recorded.get("parameters", {}).get("dataset") == dataset and not verify_run(run_dir):
-            candidates.append(run_dir)
-    return max(candidates, key=lambda p: p.name) if candidates else None
+            return run_dir
+    return None
 
 
 def check_previous_run(run_dir: Path) -> Path:
