@@ -60,8 +60,10 @@ def test_flow_writes_a_complete_run_directory(flow_result):
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert "report.pdf" in manifest["files"] and "model/model.safetensors" in manifest["files"]
-    on_disk = {p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file()} - {"manifest.json"}
-    assert set(manifest["files"]) == on_disk
+    on_disk = {p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file()
+               and not any(part.startswith(".") for part in p.relative_to(run_dir).parts)} - {"manifest.json"}
+    assert set(manifest["files"]) == on_disk  # but the hidden .prefect-results/ cache (see tasks/resume.py)
+    assert list((run_dir / ".prefect-results").iterdir())
     for rel, info in manifest["files"].items():
         assert sha256_file(run_dir / rel) == info["sha256"], rel
     from tasks.verify import verify_run

@@ -3,8 +3,10 @@ deployments of deploy/prefect.yaml and one worker per pool; a deployed report ru
 the gpu pool's worker. Every process is stopped by the fixture, even when a test fails."""
 
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -68,7 +70,9 @@ def test_the_monthly_deployment_gets_scheduled_runs_from_the_cron(stack):
     assert all(s.day == 1 and s.hour == 6 and s.minute == 0 for s in starts)
 
 
-def test_a_deployed_report_runs_its_shap_stage_on_the_gpu_worker(stack):
+@pytest.fixture(scope="module")
+def deployed_run(stack) -> dict:
+    """An on-demand run of the monthly deployment (CLI `prefect deployment run`), waited for."""
     out = stack["base"] / "on-demand"
     started = subprocess.run(
         [str(ROOT / ".venv" / "bin" / "prefect"), "deployment", "run", "compliance_report/monthly",
@@ -79,6 +83,12 @@ def test_a_deployed_report_runs_its_shap_stage_on_the_gpu_worker(stack):
     while (parent := api(stack, f"/flow_runs/{flow_run_id}"))["state_type"] not in ("COMPLETED", "FAILED", "CRASHED"):
         assert time.monotonic() < deadline, f"the deployed run is still {parent['state_type']}"
         time.sleep(3)
+    return {"flow_run": parent, "out": out}
+
+
+def test_a_deployed_report_runs_its_shap_stage_on_the_gpu_worker(stack, deployed_run):
+    parent, out = deployed_run["flow_run"], deployed_run["out"]
+    flow_run_id = parent["id"]
     assert parent["state_type"] == "COMPLETED", parent["state"]["message"]
     assert parent["work_pool_name"] == "cpu"
 
@@ -97,3 +107,29 @@ def test_a_deployed_report_runs_its_shap_stage_on_the_gpu_worker(stack):
     assert any(a["type"] == "progress" for a in artifacts)  # the long steps' progress
     (run_dir,) = out.iterdir()
     assert (run_dir / "report.pdf").is_file() and (run_dir / "manifest.json").is_file()
+
+
+def chromium(*args: str) -> subprocess.CompletedProcess:
+    """Headless Chromium (Debian's package, installed by .ci/run), with the flags that work on these machines."""
+    binary = shutil.which("chromium")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
+        pytest.skip("chromium is not installed")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tempfile.mkdtemp()}", "--virtual-time-budget=20000", "--window-size=1400,1000"]
+    return subprocess.run([binary, *flags, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_the_prefect_ui_shows_the_run_and_its_artifacts(stack, deployed_run):
+    base = stack["api"].removesuffix("/api")
+    parent = deployed_run["flow_run"]
+    page = chromium("--dump-dom", f"{base}/runs/flow-run/{parent['id']}").stdout
+    assert parent["name"] in page and "compliance_report" in page and "Completed" in page and "Artifacts" in page
+    for key in ("report-pdf", "compliance-summary", "validation-metrics"):
+        assert key in chromium("--dump-dom", f"{base}/artifacts/key/{key}").stdout, key
+    shots = ROOT / "test-output"
+    shots.mkdir(exist_ok=True)
+    chromium(f"--screenshot={shots / 'flow-run.png'}", f"{base}/runs/flow-run/{parent['id']}")
+    assert (shots / "flow-run.png").stat().st_size > 10_000  # kept as a test output
