@@ -52,23 +52,21 @@ def step(fn, name: str, **options):
 
 
 load_step = step(load_data, "load")
-train_step = step(train_model, "train")
-explain_step = step(explain_model, "explain", tags=["gpu"])
-gradients_step = step(gradient_attributions, "gradients")
-permutation_step = step(compute_permutation_importance, "permutation-importance")
-partial_dependence_step = step(compute_partial_dependence, "partial-dependence")
-kernel_shap_step = step(explain_kernel_shap, "kernel-shap")
-lime_step = step(explain_lime, "lime")
-slices_step = step(analyse_slices, "slices")
-agreement_step = step(measure_agreement, "method-agreement")
-faithfulness_step = step(check_faithfulness, "faithfulness", tags=["gpu"])
-model_card_step = step(store_model_card, "model-card")
-compare_step = step(compare_runs, "compare")
-report_step = step(render_report, "report")
-STEPS = {"train": train_step, "explain": explain_step, "gradients": gradients_step, "permutation": permutation_step,
-         "partial_dependence": partial_dependence_step, "kernel_shap": kernel_shap_step, "lime": lime_step,
-         "slices": slices_step, "agreement": agreement_step, "faithfulness": faithfulness_step,
-         "model_card": model_card_step, "compare": compare_step, "report": report_step}
+STEPS = {  # the steps after load, by the name the flow uses; each a Prefect task named as in the UI
+    "train": step(train_model, "train"),
+    "explain": step(explain_model, "explain", tags=["gpu"]),
+    "gradients": step(gradient_attributions, "gradients"),
+    "permutation": step(compute_permutation_importance, "permutation-importance"),
+    "partial_dependence": step(compute_partial_dependence, "partial-dependence"),
+    "kernel_shap": step(explain_kernel_shap, "kernel-shap"),
+    "lime": step(explain_lime, "lime"),
+    "slices": step(analyse_slices, "slices"),
+    "agreement": step(measure_agreement, "method-agreement"),
+    "faithfulness": step(check_faithfulness, "faithfulness", tags=["gpu"]),
+    "model_card": step(store_model_card, "model-card"),
+    "compare": step(compare_runs, "compare"),
+    "report": step(render_report, "report"),
+}
 
 
 def resumable_steps(run_dir: str) -> dict:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.compliance_report import explain_step
+from flows.compliance_report import STEPS
 
 
 @flow(name="explain", log_prints=True)
 def explain_flow(weights_path: str, train_path: str, validation_path: str, run_dir: str, background: int,
                  explain: int, seed: int, engine: str = "fast") -> None:
     """DeepSHAP values for `explain` validation rows against `background` training rows, into run_dir/explain/."""
-    explain_step(weights_path, train_path, validation_path, run_dir, background, explain, seed, engine)
+    STEPS["explain"](weights_path, train_path, validation_path, run_dir, background, explain, seed, engine)
 
 
 if __name__ == "__main__":
