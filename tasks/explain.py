@@ -87,8 +87,8 @@ def read_shap_values(path: Path) -> tuple[np.ndarray, dict]:
 
 
 def explain_outputs(run_dir: Path) -> dict:
-    """What `explain_model` returned, read back from the files it wrote (when it ran in another process,
-    e.g. on a GPU worker through the `explain` deployment)."""
+    """The explain step's result, read from the files it wrote: what `explain_model` returns, and what the
+    main flow reads back when the step ran in another process (a GPU worker, through the `explain` deployment)."""
     out_dir = Path(run_dir) / "explain"
     files = {name: out_dir / f"{name}.parquet" for name in ("shap_values", "explained", "background", "predictions")}
     missing = [str(p) for p in files.values() if not p.is_file()]
@@ -197,20 +197,11 @@ def explain_model(weights_path: Path, train_path: Path, validation_path: Path, r
             pa.array(val_probs[image_idx].astype(np.float32).reshape(-1), type=pa.float32()), n_classes),
         "additivity_error": pa.array(additivity, type=pa.float64()),
     })
-    explained_path = write_parquet_atomic(out_dir / "explained.parquet", explained)
-    background_path = write_parquet_atomic(
+    write_parquet_atomic(out_dir / "explained.parquet", explained)
+    write_parquet_atomic(
         out_dir / "background.parquet", pa.table({"source_id": [train.source_ids[i] for i in background_idx]}))
-    predictions_path = write_parquet_atomic(out_dir / "predictions.parquet", pa.table({
+    write_parquet_atomic(out_dir / "predictions.parquet", pa.table({
         "source_id": val.source_ids, "label": pa.array(val.labels, type=pa.int64()),
         "predicted": pa.array(predicted, type=pa.int64()),
         "confidence": pa.array(val_probs.max(1), type=pa.float32())}))
-    return {
-        "shap_values": {"path": str(values_path), "sha256": sha256_file(values_path)},
-        "explained": {"path": str(explained_path), "sha256": sha256_file(explained_path)},
-        "background": {"path": str(background_path), "sha256": sha256_file(background_path)},
-        "predictions": {"path": str(predictions_path), "sha256": sha256_file(predictions_path)},
-        "engine": engine,
-        "device": device.type,
-        "max_additivity_error": float(additivity.max()),
-        "expected_values": expected.tolist(),
-    }
+    return explain_outputs(run_dir)  # the same result whether this ran here or on another worker
