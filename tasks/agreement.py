@@ -88,7 +88,7 @@ def measure_agreement(run_dir: Path, load: dict, explain: dict, gradients: dict,
     for i, p in enumerate(frame["position"].unique()):
         phi = kernel_values[i, predicted[p]]
         if players is not None:  # patch values spread over their pixels, then summed per comparison region
-            phi = groups.aggregate((phi @ (players.masks / players.masks.sum(1, keepdims=True))).reshape(shape))
+            phi = groups.aggregate(players.spread(phi))
         attributions["Kernel SHAP"][p] = phi
 
     permutation = pd.read_parquet(importance["permutation_importance"]["path"])

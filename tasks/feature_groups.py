@@ -29,6 +29,11 @@ class FeatureGroups:
         flat = values.reshape(*lead, self.masks.shape[1]).astype(np.float64)
         return flat @ self.masks.T.astype(np.float64)
 
+    def spread(self, values: np.ndarray) -> np.ndarray:
+        """Each group's value shared evenly by its positions: (..., n_groups) -> (..., *input_shape)."""
+        share = self.masks / self.masks.sum(1, keepdims=True)
+        return (values @ share).reshape(*values.shape[:-1], *self.input_shape)
+
 
 def feature_columns(feature_names: list[str]) -> FeatureGroups:
     """One group per table column."""

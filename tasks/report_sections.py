@@ -90,7 +90,7 @@ def gradient_section(run_dir: Path, analysis: dict, split: Split, names: list[st
     shape = split.inputs.shape[1:]
     shown = table.head(MAX_MAP_ROWS)
     ig = np.stack(table["integrated_gradients"].to_numpy()).reshape(-1, *shape)
-    labels = [f"{sid[-22:]} ({names[k][:12]})" for sid, k in zip(table["source_id"], table["class_index"])]
+    labels = row_labels(table.rename(columns={"class_index": "predicted"}), names)
     if split.modality == "table":
         figure = figures.attribution_heatmap(ig, labels, split.feature_names, run_dir / "figures" / "gradients.png",
                                              "Integrated Gradients of the predicted class")
@@ -132,14 +132,13 @@ def local_methods_section(run_dir: Path, kernel: dict, lime: dict, split: Split,
         result["reasons"] = [{"source_id": sid, "reasons": json.loads(reasons)[:LIME_CONDITIONS]}
                              for sid, reasons in zip(lime_rows["source_id"], lime_rows["reasons"])][:MAX_MAP_ROWS]
         return result
-    regions = image_regions(tuple(shape), KERNEL_GRID)
-    spread = regions.masks / regions.masks.sum(1, keepdims=True)  # a patch's value shared by its pixels
+    patches = image_regions(tuple(shape), KERNEL_GRID)
     shown = positions[:MAX_MAP_ROWS]
     index = {sid: i for i, sid in enumerate(split.source_ids)}
     images = split.inputs[[index[s] for s in rows["source_id"][: len(shown)]]]
     lime_by_position = dict(zip(lime_rows["position"], lime_values))
     maps = {
-        "Kernel SHAP": (kernel_pred[: len(shown)] @ spread).reshape(len(shown), *shape).sum(1),
+        "Kernel SHAP": patches.spread(kernel_pred[: len(shown)]).sum(1),  # a patch's value shared by its pixels
         "LIME": np.stack([lime_by_position[p] for p in shown]).sum(1),
     }
     titles = [f"{sid[-20:]}\npred {names[k][:12]}" for sid, k in zip(rows["source_id"], predicted)]
@@ -213,7 +212,8 @@ def limitations(model_card: dict | None, slices: dict | None, agreement: dict | 
             value = field["value"]
             found += [f"Stated by the model owner: {v}" for v in (value if isinstance(value, list) else [value])]
     if quality["over"]:
-        found.append(f"{quality['over']} explanations exceed the DeepSHAP additivity threshold {quality['threshold']:g}.")
+        found.append(f"{quality['over']} explanations exceed the DeepSHAP additivity threshold "
+                     f"{quality['threshold']:g}.")
     for row in (slices or {}).get("flagged", []):
         found.append(f"Weak slice: {row['slicing']} {row['slice']} has accuracy {row['accuracy']:.3f} "
                      f"on {row['n_rows']} rows (overall {slices['overall']:.3f}).")

@@ -95,6 +95,8 @@ def test_region_and_channel_groups_partition_the_image():
         np.testing.assert_array_equal(groups.masks.sum(0), 1)  # every position in exactly one group
     values = np.random.default_rng(0).normal(size=(5, 2, 3, 32, 32))
     np.testing.assert_allclose(regions.aggregate(values).sum(-1), values.reshape(5, 2, -1).sum(-1))
+    per_region = regions.aggregate(values)
+    np.testing.assert_allclose(regions.aggregate(regions.spread(per_region)), per_region)  # spread keeps each sum
     assert channels.names == ["red", "green", "blue"] and len(regions.names) == 16
 
 
