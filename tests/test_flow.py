@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -26,31 +27,28 @@ def pdf_text(path) -> str:
     return " ".join(" ".join(page.extract_text() for page in PdfReader(path).pages).split())
 
 
-@pytest.fixture(scope="module")
-def flow_result(prefect_server, tmp_path_factory):
+def run_report(out: Path, **parameters):
+    """The whole flow on the test's Prefect server; its final state and result."""
     from flows.compliance_report import compliance_report
 
-    out = tmp_path_factory.mktemp("reports")
-    state = compliance_report(dataset="digits", epochs=1, background=10, explain=4, seed=0, out=str(out),
-                              return_state=True)
+    state = compliance_report(seed=0, out=str(out), return_state=True, **parameters)
     return state, state.result()
+
+
+@pytest.fixture(scope="module")
+def flow_result(prefect_server, tmp_path_factory):
+    return run_report(tmp_path_factory.mktemp("reports"), dataset="digits", epochs=1, background=10, explain=4)
 
 
 @pytest.fixture(scope="module")
 def table_flow_result(prefect_server, tmp_path_factory):
-    from flows.compliance_report import compliance_report
-
-    out = tmp_path_factory.mktemp("table-reports")
-    state = compliance_report(dataset="breast-cancer", epochs=3, background=40, explain=6, seed=0, out=str(out),
-                              return_state=True)
-    return state, state.result()
+    return run_report(tmp_path_factory.mktemp("table-reports"), dataset="breast-cancer", epochs=3, background=40,
+                      explain=6)
 
 
 @pytest.mark.slow
 def test_flow_writes_a_complete_run_directory(flow_result):
     _, result = flow_result
-    from pathlib import Path
-
     run_dir = Path(result["run_dir"])
     text = pdf_text(result["pdf"])
     for section in SECTIONS + ("Misclassified images", "image region or colour channel", "Channel",
@@ -108,8 +106,6 @@ def test_the_server_recorded_four_task_runs_and_the_artifacts(flow_result):
 @pytest.mark.slow
 def test_a_breast_cancer_report_has_every_technique_for_tables(table_flow_result):
     state, result = table_flow_result
-    from pathlib import Path
-
     from sklearn.datasets import load_breast_cancer
 
     assert state.is_completed()
@@ -132,17 +128,11 @@ def test_a_breast_cancer_report_has_every_technique_for_tables(table_flow_result
 
 @pytest.mark.slow
 def test_the_second_run_compares_with_the_first_and_shows_the_model_card(table_flow_result, tmp_path):
-    from pathlib import Path
-
-    from flows.compliance_report import compliance_report
-
     _, first = table_flow_result
     out = Path(first["run_dir"]).parent
     card = tmp_path / "card.yaml"
     card.write_text('owner: "<link rel=stylesheet href=file:///etc/passwd> risk team"\nrisk_tier: high\n')
-    state = compliance_report(dataset="breast-cancer", epochs=1, background=40, explain=6, seed=0, out=str(out),
-                              model_card=str(card), return_state=True)
-    second = state.result()
+    _, second = run_report(out, dataset="breast-cancer", epochs=1, background=40, explain=6, model_card=str(card))
     text = pdf_text(second["pdf"])
     assert f"Compared with the previous run {Path(first['run_dir']).name}" in text
     before, now = first["validation_accuracy"], second["validation_accuracy"]
