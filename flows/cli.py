@@ -65,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shap-engine", choices=SHAP_ENGINES, default=RunConfig.shap_engine,
                      help="DeepSHAP implementation: 'fast' (this project's exact engine) or 'shap' "
                           "(shap.DeepExplainer itself; same values, several times slower)")
+    run.add_argument("--shard-size", type=_positive_int, default=RunConfig.shard_size, metavar="N",
+                     help="rows per SHAP shard: each shard is one task, the unit of work spread over Dask workers")
+    dask = run.add_mutually_exclusive_group()
+    dask.add_argument("--dask-workers", type=_positive_int, metavar="N",
+                      help="run the SHAP shards on a temporary local Dask cluster of N worker processes")
+    dask.add_argument("--dask-address", metavar="ADDRESS",
+                      help="run the SHAP shards on an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (its workers "
+                           "need this project installed and the run directory on the same path)")
     run.add_argument("--model-card", type=Path, metavar="FILE",
                      help="YAML model card: owner, intended_use, out_of_scope_uses, limitations, risk_tier "
                           "(also model_name, version); missing fields show as 'not provided'")
@@ -155,7 +163,8 @@ def run_command(args: argparse.Namespace) -> int:
     else:
         config = RunConfig(dataset=args.dataset, label=args.label, model_card=args.model_card, compare=args.compare,
                            epochs=args.epochs, background=args.background,
-                           explain=args.explain, seed=args.seed, out=args.out, shap_engine=args.shap_engine)
+                           explain=args.explain, seed=args.seed, out=args.out, shap_engine=args.shap_engine,
+                           shard_size=args.shard_size)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # A busy 2-core machine (two runs at once) can take longer than Prefect's 20 s to start its local server.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
@@ -168,7 +177,8 @@ def run_command(args: argparse.Namespace) -> int:
                                out=str(config.out), shap_engine=config.shap_engine,
                                model_card=str(config.model_card) if config.model_card else None,
                                compare=str(config.compare) if config.compare else None,
-                               resume=str(config.resume) if config.resume else None)
+                               resume=str(config.resume) if config.resume else None, shard_size=config.shard_size,
+                               dask_address=args.dask_address, dask_workers=args.dask_workers or 0)
     print(f"validation accuracy: {result['validation_accuracy']:.3f}; "
           f"largest SHAP additivity error: {result['max_additivity_error']:.2e}")
     print(f"run directory: {result['run_dir']}")

@@ -7,17 +7,18 @@ and SHA-256 hashes of Parquet and safetensors files, never pickled objects.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
-from prefect import flow, task
+from prefect import flow
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
+from flows.explain import explain_flow, shard_runner
+from flows.steps import StepFailed, resumable, step
 from tasks.agreement import measure_agreement
 from tasks.compare import compare_runs, previous_run
 from tasks.config import RunConfig
-from tasks.explain import explain_model, explain_outputs
+from tasks.explain import explain_outputs
 from tasks.faithfulness import check_faithfulness
 from tasks.gradients import gradient_attributions
 from tasks.kernel_shap import explain_kernel_shap
@@ -28,33 +29,14 @@ from tasks.partial_dependence import compute_partial_dependence
 from tasks.permutation import compute_permutation_importance
 from tasks.provenance import environment
 from tasks.report import render_report
-from tasks.resume import RESULTS_DIR, input_hash_key, record_run
+from tasks.resume import record_run
 from tasks.slices import analyse_slices
-from tasks.errors import InputError
 from tasks.train import train_model
 
 
-class StepFailed(RuntimeError):
-    """A step failed with something other than a clear InputError; the message names the step."""
-
-
-def step(fn, name: str, **options):
-    """`fn` as a Prefect task whose failure says which step failed and why (the flow run's state message)."""
-    @functools.wraps(fn)
-    def run(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except InputError as exc:
-            raise InputError(f"{name} step: {exc}") from None
-        except Exception as exc:
-            raise StepFailed(f"{name} step failed: {type(exc).__name__}: {exc}") from exc
-    return task(run, name=name, **options)
-
-
 load_step = step(load_data, "load")
-STEPS = {  # the steps after load, by the name the flow uses; each a Prefect task named as in the UI
+STEPS = {  # the steps after load but SHAP (flows/explain.py), by the name the flow uses; tasks named as in the UI
     "train": step(train_model, "train"),
-    "explain": step(explain_model, "explain", tags=["gpu"]),
     "gradients": step(gradient_attributions, "gradients"),
     "permutation": step(compute_permutation_importance, "permutation-importance"),
     "partial_dependence": step(compute_partial_dependence, "partial-dependence"),
@@ -67,18 +49,6 @@ STEPS = {  # the steps after load, by the name the flow uses; each a Prefect tas
     "compare": step(compare_runs, "compare"),
     "report": step(render_report, "report"),
 }
-
-
-def resumable_steps(run_dir: str) -> dict:
-    """The steps after load, cached by the hashes of their inputs, results kept (as JSON) in the run directory.
-
-    A run that died is finished by running it again into the same directory (--resume):
-    the steps that had completed come back Cached. See tasks/resume.py.
-    """
-    storage = Path(run_dir) / RESULTS_DIR  # a path: Prefect stores there without a saved storage block
-    return {name: prefect_task.with_options(cache_key_fn=input_hash_key, persist_result=True,
-                                            result_storage=storage, result_serializer="json")
-            for name, prefect_task in STEPS.items()}
 
 
 @flow(name="compliance_report", log_prints=True)
@@ -94,27 +64,35 @@ def compliance_report(
     model_card: str | None = None,
     compare: str | None = None,
     resume: str | None = None,
+    shard_size: int = RunConfig.shard_size,
     explain_deployment: str | None = None,
+    dask_address: str | None = None,
+    dask_workers: int = 0,
 ) -> dict:
     """Train the model, explain it and render a PDF compliance report into a new run directory.
 
     `resume` finishes an unfinished run directory instead (its finished steps come back Cached);
-    `explain_deployment` (e.g. "explain/gpu") sends the SHAP stage to that deployment's workers.
+    `explain_deployment` (e.g. "explain/gpu") sends the SHAP stage to that deployment's workers;
+    `dask_address` / `dask_workers` spread its shards over Dask workers (see flows/explain.py).
     """
     config = RunConfig(dataset=dataset, label=label, epochs=epochs, background=background, explain=explain, seed=seed,
                        out=Path(out), shap_engine=shap_engine, model_card=model_card, compare=compare,
-                       resume=resume)
+                       resume=resume, shard_size=shard_size)
+    shard_runner(dask_address, dask_workers)  # refuse bad Dask options before any work
     loaded = load_step(config.dataset, config.out, config.seed, config.val_fraction, config.background, config.explain,
                        config.label, config.resume)
     run_dir = loaded["run_dir"]
     record_run(run_dir, {k: v for k, v in config.to_json().items() if k != "resume"})
-    steps = resumable_steps(run_dir)
+    steps = resumable(STEPS, run_dir)
     trained = steps["train"](loaded["train"]["path"], loaded["validation"]["path"], run_dir,
                              config.epochs, config.batch_size, config.seed)
-    explain_args = (trained["weights"]["path"], loaded["train"]["path"], loaded["validation"]["path"], run_dir,
-                    config.background, config.explain, config.seed, config.shap_engine)
-    explained = (explain_on_deployment(explain_deployment, *explain_args) if explain_deployment
-                 else steps["explain"](*explain_args))
+    explain_args = {"weights_path": trained["weights"]["path"], "train_path": loaded["train"]["path"],
+                    "validation_path": loaded["validation"]["path"], "run_dir": run_dir,
+                    "background": config.background, "explain": config.explain, "seed": config.seed,
+                    "engine": config.shap_engine, "shard_size": config.shard_size,
+                    "dask_address": dask_address, "dask_workers": dask_workers}
+    explained = (explain_on_deployment(explain_deployment, explain_args) if explain_deployment
+                 else explain_flow(**explain_args))
     analyses = explain_further(run_dir, loaded, trained, explained, config.seed, steps)
     analyses["faithfulness"] = steps["faithfulness"](
         trained["weights"]["path"], loaded["train"]["path"], loaded["validation"]["path"],
@@ -131,17 +109,14 @@ def compliance_report(
             "max_additivity_error": explained["max_additivity_error"]}
 
 
-def explain_on_deployment(name: str, weights_path: str, train_path: str, validation_path: str, run_dir: str,
-                          background: int, explain: int, seed: int, engine: str) -> dict:
-    """Run the SHAP stage as the deployment `name` (e.g. on the `gpu` work pool) and wait for it."""
+def explain_on_deployment(name: str, parameters: dict) -> dict:
+    """Run the SHAP stage (flows/explain.py) as the deployment `name`, e.g. on the `gpu` work pool; wait for it."""
     from prefect.deployments import run_deployment
 
-    child = run_deployment(name, parameters={
-        "weights_path": weights_path, "train_path": train_path, "validation_path": validation_path,
-        "run_dir": run_dir, "background": background, "explain": explain, "seed": seed, "engine": engine})
+    child = run_deployment(name, parameters=parameters)
     if not child.state.is_completed():
         raise StepFailed(f"explain step failed: deployment {name} ended {child.state.name}: {child.state.message}")
-    return explain_outputs(run_dir)
+    return explain_outputs(parameters["run_dir"])
 
 
 def explain_further(run_dir: str, loaded: dict, trained: dict, explained: dict, seed: int,
@@ -150,12 +125,12 @@ def explain_further(run_dir: str, loaded: dict, trained: dict, explained: dict, 
     steps = steps or STEPS
     weights, train, validation = trained["weights"]["path"], loaded["train"]["path"], loaded["validation"]["path"]
     rows, background = explained["explained"]["path"], explained["background"]["path"]
-    analyses = {"gradients": steps["gradients"](weights, train, validation, rows, background, run_dir),
+    analyses = {"gradients": steps["gradients"](weights, validation, rows, background, run_dir),
                 "permutation": steps["permutation"](weights, validation, run_dir, seed)}
     importance = analyses["permutation"]["permutation_importance"]["path"]
     if loaded["modality"] == "table":
         analyses["partial_dependence"] = steps["partial_dependence"](weights, validation, importance, run_dir)
-    analyses["kernel_shap"] = steps["kernel_shap"](weights, train, validation, rows, background, run_dir, seed)
+    analyses["kernel_shap"] = steps["kernel_shap"](weights, validation, rows, background, run_dir, seed)
     analyses["lime"] = steps["lime"](weights, train, validation, rows, run_dir, seed)
     analyses["slices"] = steps["slices"](weights, validation, importance, run_dir)
     analyses["agreement"] = steps["agreement"](run_dir, loaded, explained, analyses["gradients"], analyses["lime"],

@@ -1,25 +1,76 @@
-"""The SHAP stage as a flow of its own, for the `explain` deployment on a GPU work pool.
+"""The SHAP stage as a flow of its own: plan -> shards -> merge, each a Prefect task.
 
-The main flow calls it through `run_deployment` when its `explain_deployment` parameter names
-it; it reads and writes the run directory (a path both workers reach), so nothing but paths
-crosses between the two flow runs.
+The compliance_report flow runs it in-process as a subflow, or through `run_deployment` on the
+`explain` deployment (a GPU work pool) when its `explain_deployment` parameter names one. It reads
+and writes the run directory (a path every worker reaches), so only paths cross between runs.
+
+The shards are independent; where they run is this flow's `dask_address` / `dask_workers`:
+- neither: one after another in this process (the default);
+- `dask_workers=N`: a temporary local Dask cluster of N single-threaded worker processes;
+- `dask_address="tcp://host:8786"`: an existing Dask scheduler, whose workers may be other machines
+  (they need this project installed and the run directory on the same path).
 """
 
 from __future__ import annotations
 
 from prefect import flow
+from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.compliance_report import STEPS
+from flows.steps import resumable, step
+from tasks.errors import InputError
+from tasks.explain import SHARD_IMAGES, explain_shard, merge_shards, plan_explanation
+from tasks.progress import progress_bar
+
+EXPLAIN_STEPS = {
+    "plan": step(plan_explanation, "explain-plan", tags=["gpu"]),
+    "shard": step(explain_shard, "explain-shard", tags=["gpu"]),
+    "merge": step(merge_shards, "explain-merge"),
+}
+
+
+def shard_runner(dask_address: str | None = None, dask_workers: int = 0):
+    """The task runner the shards are submitted to (see the module docstring)."""
+    if dask_address and dask_workers:
+        raise InputError("give the Dask scheduler's address or a number of local Dask workers, not both")
+    if not isinstance(dask_workers, int) or dask_workers < 0:
+        raise InputError(f"--dask-workers must be a non-negative integer, got {dask_workers!r}")
+    if not dask_address and not dask_workers:
+        return ThreadPoolTaskRunner(max_workers=1)
+    from prefect_dask import DaskTaskRunner
+
+    if dask_address:
+        return DaskTaskRunner(address=dask_address)
+    # Processes, one thread each: torch in every worker then uses one core (Dask sets OMP_NUM_THREADS=1).
+    return DaskTaskRunner(cluster_kwargs={"n_workers": dask_workers, "threads_per_worker": 1, "processes": True,
+                                          "dashboard_address": None})
 
 
 @flow(name="explain", log_prints=True)
 def explain_flow(weights_path: str, train_path: str, validation_path: str, run_dir: str, background: int,
-                 explain: int, seed: int, engine: str = "fast") -> None:
-    """DeepSHAP values for `explain` validation rows against `background` training rows, into run_dir/explain/."""
-    STEPS["explain"](weights_path, train_path, validation_path, run_dir, background, explain, seed, engine)
+                 explain: int, seed: int, engine: str = "fast", shard_size: int = SHARD_IMAGES,
+                 dask_address: str | None = None, dask_workers: int = 0) -> dict:
+    """DeepSHAP values for `explain` validation rows against `background` training rows, into run_dir/explain/.
+
+    The rows are cut into shards of `shard_size`, each an `explain-shard` task run on the runner that
+    `dask_address` / `dask_workers` choose; the values do not depend on that choice.
+    """
+    runner = shard_runner(dask_address, dask_workers)
+    steps = resumable(EXPLAIN_STEPS, run_dir)
+    planned = steps["plan"](weights_path, train_path, validation_path, run_dir, background, explain, seed, engine,
+                            shard_size)
+    plan_path = planned["plan"]["path"]
+    shard_paths = []
+    with runner, progress_bar(f"SHAP ({engine}, {len(planned['shards'])} shards)", total=explain) as advance:
+        futures = [runner.submit(steps["shard"], {"weights_path": weights_path, "plan_path": plan_path,
+                                                  "run_dir": run_dir, "start": start, "stop": stop})
+                   for start, stop in planned["shards"]]
+        for future, (start, stop) in zip(futures, planned["shards"]):
+            shard_paths.append(future.result()["path"])
+            advance(stop - start)
+    return steps["merge"](plan_path, shard_paths, run_dir)
 
 
 if __name__ == "__main__":
     import sys
 
-    sys.exit("explain_flow is started by the compliance_report flow through its deployment (deploy/prefect.yaml)")
+    sys.exit("explain_flow is started by the compliance_report flow, or through its deployment (deploy/prefect.yaml)")

@@ -50,12 +50,13 @@ class RunConfig:
     batch_size: int = 64  # training batch size
     val_fraction: float = 0.2  # share of the data held out for validation (stratified)
     shap_engine: str = "fast"  # DeepSHAP implementation: see SHAP_ENGINES
+    shard_size: int = 8  # rows per SHAP shard, the unit of work of the explain stage's workers (flows/explain.py)
     model_card: Path | None = None  # YAML model card (owner, intended use, ...), shown in the report
     compare: Path | None = None  # an earlier run to compare with; None: the newest one of the dataset in `out`
     resume: Path | None = None  # an unfinished run directory to finish (its finished steps are reused)
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "background", "explain", "batch_size"):
+        for name in ("epochs", "background", "explain", "batch_size", "shard_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise InputError(f"--{name} must be a positive integer, got {value!r}")

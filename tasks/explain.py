@@ -1,13 +1,20 @@
 """Step 3, explain: DeepSHAP values of the model's class probabilities for chosen validation images.
 
+The stage is three parts, so that its costly middle can be spread over workers (flows/explain.py):
+plan (choose rows, predict) -> shards (SHAP values of a few rows each, independent) -> merge.
+
 Files (in ``explain/``):
+- ``plan.parquet``: the rows to explain, as ``explained.parquet`` below without additivity_error, plus
+  inputs; metadata ``accountability.expected_values`` (JSON, per class), ``accountability.input_shape``
+  and ``accountability.engine``.
+- ``background.parquet``: source_id and inputs of each background image (same metadata).
+- ``shards/shard-START-STOP.parquet``: one shard's rows of ``shap_values.parquet``, and the device it ran on.
 - ``shap_values.parquet``: one row per (explained image, class): position, source_id,
   class_index, values (fixed_size_list<float32>[C*H*W], same layout as the image).
-  Metadata: ``accountability.expected_values`` (JSON, per class), ``accountability.input_shape``.
+  Metadata: the plan's, and ``accountability.device`` (the shards' devices).
 - ``explained.parquet``: one row per explained image: position, source_id, label, predicted,
   confidence, probabilities (fixed_size_list<float32>[K]), additivity_error (the largest
   |sum of SHAP values - (output - expected output)| over classes).
-- ``background.parquet``: source_id of each background image.
 - ``predictions.parquet``: every validation row's source_id, label, predicted and confidence
   (what a later run's comparison matches on).
 """
@@ -23,13 +30,14 @@ import pyarrow.parquet as pq
 import torch
 
 from tasks.artifacts import atomic_path, sha256_file, write_parquet_atomic
+from tasks.config import RunConfig
 from tasks.deep_shap import DeepShapEngine, UnsupportedModelError
 from tasks.errors import InputError
-from tasks.load import Split, read_split, require_rows
+from tasks.load import read_split, require_rows
 from tasks.model import load_weights, probabilities
 from tasks.progress import progress_bar
 
-CHUNK_IMAGES = 8  # images explained (and written) per chunk: bounds memory for large runs
+SHARD_IMAGES = RunConfig.shard_size  # rows per shard: the unit of work a worker takes; bounds memory for large runs
 
 
 def choose_device() -> torch.device:
@@ -70,10 +78,12 @@ def additivity_errors(values: np.ndarray, probabilities: np.ndarray, expected: n
     return np.abs(sums - (probabilities - expected)).max(1)
 
 
-def background_images(train: Split, background_path: Path) -> np.ndarray:
-    """The training images a run used as its SHAP background, from ``explain/background.parquet``."""
-    wanted = set(pq.read_table(background_path).column("source_id").to_pylist())
-    return train.inputs[[i for i, sid in enumerate(train.source_ids) if sid in wanted]]
+def background_images(background_path: Path) -> np.ndarray:
+    """The training images (or rows) a run used as its SHAP background, from ``explain/background.parquet``."""
+    table = pq.read_table(background_path)
+    if "inputs" not in table.column_names:
+        raise InputError(f"{background_path} has no inputs: the run was written by an older version; run it again")
+    return _unflatten(table.column("inputs"), json.loads(table.schema.metadata[b"accountability.input_shape"]))
 
 
 def read_shap_values(path: Path) -> tuple[np.ndarray, dict]:
@@ -140,68 +150,143 @@ def deep_shap_engine(model: torch.nn.Module, background: torch.Tensor):
 ENGINES = {"fast": deep_shap_engine, "shap": shap_deep_explainer}
 
 
-def explain_model(weights_path: Path, train_path: Path, validation_path: Path, run_dir: Path,
-                  background: int, explain: int, seed: int, engine: str = "fast") -> dict:
-    """Explain `explain` validation images against `background` training images; write the Parquet files."""
-    run_dir = Path(run_dir)
+def plan_explanation(weights_path: Path, train_path: Path, validation_path: Path, run_dir: Path, background: int,
+                     explain: int, seed: int, engine: str = "fast", shard_size: int = SHARD_IMAGES) -> dict:
+    """Choose the background and the rows to explain, predict every validation row, and cut the rows into shards.
+
+    Writes ``plan.parquet``, ``background.parquet`` and ``predictions.parquet``: all a shard needs besides the
+    weights, so a shard reads a few rows, never a whole split. Returns the plan's file and the shards'
+    [start, stop) positions.
+    """
+    if engine not in ENGINES:
+        raise InputError(f"unknown SHAP engine {engine!r}: use one of {', '.join(ENGINES)}")
+    if shard_size < 1:
+        raise InputError(f"--shard-size must be a positive integer, got {shard_size!r}")
     model, _, _ = load_weights(Path(weights_path))
     train, val = read_split(Path(train_path)), read_split(Path(validation_path))
     device = choose_device()
     prob_model = probabilities(model).to(device).eval()
-
     with torch.no_grad():
         val_probs = torch.cat([prob_model(torch.from_numpy(val.inputs[i : i + 256]).to(device)).cpu()
                                for i in range(0, len(val.inputs), 256)]).numpy()
     predicted = val_probs.argmax(1)
     background_idx = select_background(len(train.inputs), background, seed)
     image_idx = select_images(val.labels, predicted, explain, seed)
-    background_x = torch.from_numpy(train.inputs[background_idx]).to(device)
     with torch.no_grad():
-        expected = prob_model(background_x).mean(0).cpu().numpy().astype(np.float64)  # (K,)
-
-    explain_fn = ENGINES[engine](prob_model, background_x)
-    n_classes = len(val.class_names)
+        expected = prob_model(torch.from_numpy(train.inputs[background_idx]).to(device)).mean(0)
     shape = list(val.inputs.shape[1:])  # [C, H, W] or [n_features]
-    size = int(np.prod(shape))
-    out_dir = run_dir / "explain"
-    values_path = out_dir / "shap_values.parquet"
-    values_meta = {b"accountability.expected_values": json.dumps(expected.tolist()).encode(),
-                   b"accountability.input_shape": json.dumps(shape).encode(),
-                   b"accountability.engine": engine.encode(), b"accountability.device": device.type.encode()}
-    values_schema = pa.schema([("position", pa.int32()), ("source_id", pa.string()), ("class_index", pa.int32()),
-                               ("values", pa.list_(pa.float32(), size))], metadata=values_meta)
-    additivity = np.zeros(len(image_idx))
-    with atomic_path(values_path) as tmp, pq.ParquetWriter(tmp, values_schema, compression="zstd") as writer:
-        with progress_bar(f"SHAP ({engine}, {device.type})", total=len(image_idx)) as advance:
-            for start in range(0, len(image_idx), CHUNK_IMAGES):
-                chunk = image_idx[start : start + CHUNK_IMAGES]
-                phi = explain_fn(torch.from_numpy(val.inputs[chunk]).to(device))  # (n, K, *shape)
-                additivity[start : start + len(chunk)] = additivity_errors(phi, val_probs[chunk], expected)
-                positions = np.repeat(np.arange(start, start + len(chunk)), n_classes)
-                flat = pa.array(phi.astype(np.float32).reshape(-1), type=pa.float32())
-                writer.write_table(pa.table({
-                    "position": pa.array(positions, type=pa.int32()),
-                    "source_id": [val.source_ids[i] for i in chunk for _ in range(n_classes)],
-                    "class_index": pa.array(np.tile(np.arange(n_classes), len(chunk)), type=pa.int32()),
-                    "values": pa.FixedSizeListArray.from_arrays(flat, size),
-                }, schema=values_schema))
-                advance(len(chunk), status=f"max additivity error {additivity[: start + len(chunk)].max():.1e}")
+    meta = {b"accountability.expected_values": json.dumps(expected.cpu().double().tolist()).encode(),
+            b"accountability.input_shape": json.dumps(shape).encode(), b"accountability.engine": engine.encode()}
 
-    explained = pa.table({
+    out_dir = Path(run_dir) / "explain"
+    plan = pa.table({
         "position": pa.array(np.arange(len(image_idx)), type=pa.int32()),
         "source_id": [val.source_ids[i] for i in image_idx],
         "label": pa.array(val.labels[image_idx], type=pa.int64()),
         "predicted": pa.array(predicted[image_idx], type=pa.int64()),
         "confidence": pa.array(val_probs[image_idx, predicted[image_idx]], type=pa.float32()),
-        "probabilities": pa.FixedSizeListArray.from_arrays(
-            pa.array(val_probs[image_idx].astype(np.float32).reshape(-1), type=pa.float32()), n_classes),
-        "additivity_error": pa.array(additivity, type=pa.float64()),
-    })
-    write_parquet_atomic(out_dir / "explained.parquet", explained)
-    write_parquet_atomic(
-        out_dir / "background.parquet", pa.table({"source_id": [train.source_ids[i] for i in background_idx]}))
+        "probabilities": _fixed_size_list(val_probs[image_idx]),
+        "inputs": _fixed_size_list(val.inputs[image_idx]),
+    }).replace_schema_metadata(meta)
+    write_parquet_atomic(out_dir / "plan.parquet", plan)
+    write_parquet_atomic(out_dir / "background.parquet", pa.table({
+        "source_id": [train.source_ids[i] for i in background_idx],
+        "inputs": _fixed_size_list(train.inputs[background_idx])}).replace_schema_metadata(meta))
     write_parquet_atomic(out_dir / "predictions.parquet", pa.table({
         "source_id": val.source_ids, "label": pa.array(val.labels, type=pa.int64()),
         "predicted": pa.array(predicted, type=pa.int64()),
         "confidence": pa.array(val_probs.max(1), type=pa.float32())}))
-    return explain_outputs(run_dir)  # the same result whether this ran here or on another worker
+    path = out_dir / "plan.parquet"
+    return {"plan": {"path": str(path), "sha256": sha256_file(path)},
+            "shards": [[start, min(start + shard_size, len(image_idx))]
+                       for start in range(0, len(image_idx), shard_size)]}
+
+
+def explain_shard(weights_path: Path, plan_path: Path, run_dir: Path, start: int, stop: int) -> dict:
+    """DeepSHAP values of the plan's rows [start, stop), written to ``explain/shards/``; any worker can run it.
+
+    Shards are independent of each other and of where they run: the values of a row depend only on the
+    weights, the background and the row, so however the shards are spread, the merged file is the same.
+    """
+    plan_path = Path(plan_path)
+    model, _, _ = load_weights(Path(weights_path))
+    rows = pq.read_table(plan_path, columns=["position", "source_id", "inputs"]).slice(start, stop - start)
+    meta = {k.decode(): v.decode() for k, v in pq.read_schema(plan_path).metadata.items()}
+    shape, engine = json.loads(meta["accountability.input_shape"]), meta["accountability.engine"]
+    if rows.num_rows != stop - start or rows.num_rows == 0:
+        raise InputError(f"shard [{start}, {stop}) is outside the plan's {pq.read_metadata(plan_path).num_rows} rows")
+    device = choose_device()
+    prob_model = probabilities(model).to(device).eval()
+    background_x = torch.from_numpy(background_images(plan_path.parent / "background.parquet")).to(device)
+    phi = ENGINES[engine](prob_model, background_x)(torch.from_numpy(_unflatten(rows.column("inputs"), shape)))
+    n, n_classes = phi.shape[:2]
+    size = int(np.prod(shape))
+    table = pa.table({
+        "position": pa.array(np.repeat(rows.column("position").to_numpy(), n_classes), type=pa.int32()),
+        "source_id": [sid for sid in rows.column("source_id").to_pylist() for _ in range(n_classes)],
+        "class_index": pa.array(np.tile(np.arange(n_classes), n), type=pa.int32()),
+        "values": _fixed_size_list(phi.astype(np.float32).reshape(n * n_classes, size)),
+    }).replace_schema_metadata({b"accountability.device": device.type.encode()})
+    path = write_parquet_atomic(Path(run_dir) / "explain" / "shards" / f"shard-{start:06d}-{stop:06d}.parquet", table)
+    return {"path": str(path), "sha256": sha256_file(path)}
+
+
+def merge_shards(plan_path: Path, shard_paths: list[str], run_dir: Path) -> dict:
+    """Join the shards, in order, into ``shap_values.parquet``; check they cover the plan once; measure
+    additivity on every row; write ``explained.parquet``. Returns `explain_outputs`."""
+    plan = pq.read_table(Path(plan_path), columns=["position", "source_id", "label", "predicted", "confidence",
+                                                   "probabilities"])
+    meta = plan.schema.metadata
+    expected = np.array(json.loads(meta[b"accountability.expected_values"]))
+    probs = _unflatten(plan.column("probabilities"), [len(expected)])
+    shape = json.loads(meta[b"accountability.input_shape"])
+    devices = sorted({pq.read_schema(p).metadata[b"accountability.device"].decode() for p in shard_paths})
+    values_meta = {**meta, b"accountability.device": ",".join(devices).encode()}
+    values_schema = pa.schema([("position", pa.int32()), ("source_id", pa.string()), ("class_index", pa.int32()),
+                               ("values", pa.list_(pa.float32(), int(np.prod(shape))))], metadata=values_meta)
+    additivity = np.full(plan.num_rows, np.nan)
+    next_position = 0
+    values_path = Path(run_dir) / "explain" / "shap_values.parquet"
+    with atomic_path(values_path) as tmp, pq.ParquetWriter(tmp, values_schema, compression="zstd") as writer:
+        for path in shard_paths:  # one at a time: memory stays at one shard's values
+            shard = pq.read_table(path)
+            positions = np.unique(shard.column("position").to_numpy())
+            if positions[0] != next_position or len(positions) != positions[-1] - positions[0] + 1:
+                raise InputError(f"shard {path} holds rows {positions[0]}..{positions[-1]}; "
+                                 f"row {next_position} was next")
+            phi = _unflatten(shard.column("values"), [len(expected), *shape])
+            additivity[positions] = additivity_errors(phi, probs[positions], expected)
+            writer.write_table(shard.cast(values_schema))
+            next_position = positions[-1] + 1
+    if next_position != plan.num_rows:
+        values_path.unlink()
+        raise InputError(f"the shards cover rows 0..{next_position - 1} of the plan's {plan.num_rows}")
+    explained = plan.append_column("additivity_error", pa.array(additivity, type=pa.float64()))
+    write_parquet_atomic(Path(run_dir) / "explain" / "explained.parquet", explained.replace_schema_metadata(None))
+    return explain_outputs(run_dir)
+
+
+def explain_model(weights_path: Path, train_path: Path, validation_path: Path, run_dir: Path, background: int,
+                  explain: int, seed: int, engine: str = "fast", shard_size: int = SHARD_IMAGES) -> dict:
+    """The whole SHAP stage in this process: plan, every shard in turn, merge. (The `explain` flow runs the
+    same three as Prefect tasks, the shards on whatever task runner it is given.)"""
+    planned = plan_explanation(weights_path, train_path, validation_path, run_dir, background, explain, seed,
+                               engine, shard_size)
+    shard_paths = []
+    with progress_bar(f"SHAP ({engine}, {choose_device().type})", total=explain) as advance:
+        for start, stop in planned["shards"]:
+            shard_paths.append(explain_shard(weights_path, planned["plan"]["path"], run_dir, start, stop)["path"])
+            advance(stop - start)
+    return merge_shards(planned["plan"]["path"], shard_paths, run_dir)
+
+
+def _fixed_size_list(array: np.ndarray) -> pa.FixedSizeListArray:
+    """Rows of `array` (any trailing shape) as a fixed-size list<float32> column."""
+    flat = np.ascontiguousarray(array, dtype=np.float32).reshape(len(array), -1)
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1), type=pa.float32()), flat.shape[1])
+
+
+def _unflatten(column: pa.ChunkedArray, shape: list[int]) -> np.ndarray:
+    """A fixed-size list column back as a writable float32 array of shape (rows, *shape)."""
+    values = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return values.astype(np.float32, copy=True).reshape(-1, *shape)

@@ -144,7 +144,7 @@ def check_faithfulness(weights_path: Path, train_path: Path, validation_path: Pa
     targets = explained["predicted"].to_numpy()
     values, _ = read_shap_values(Path(shap_values_path))
     run_maps = values[explained["position"].to_numpy(), targets]  # (n, *input) of the run's own DeepSHAP
-    background = background_images(train, Path(background_path))
+    background = background_images(Path(background_path))
     out = Path(run_dir) / "quality"
 
     small = background[np.random.default_rng(seed).choice(len(background), min(RANDOMISATION_BACKGROUND,

@@ -38,14 +38,14 @@ def saliency(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor
     return Saliency(model).attribute(images, target=targets, abs=True).detach().numpy()
 
 
-def gradient_attributions(weights_path: Path, train_path: Path, validation_path: Path, explained_path: Path,
-                          background_path: Path, run_dir: Path) -> dict:
+def gradient_attributions(weights_path: Path, validation_path: Path, explained_path: Path, background_path: Path,
+                          run_dir: Path) -> dict:
     """Saliency and IG of the predicted class for the images the explain step chose; write Parquet."""
     model, _, _ = load_weights(Path(weights_path))
     prob_model = probabilities(model).eval()
-    train, val = read_split(Path(train_path)), read_split(Path(validation_path))
+    val = read_split(Path(validation_path))
     explained = pq.read_table(explained_path).to_pandas()
-    baseline = torch.from_numpy(background_images(train, Path(background_path)).mean(0))
+    baseline = torch.from_numpy(background_images(Path(background_path)).mean(0))
     index = {sid: i for i, sid in enumerate(val.source_ids)}
     images = torch.from_numpy(val.inputs[[index[s] for s in explained["source_id"]]])
     targets = torch.from_numpy(explained["predicted"].to_numpy().copy())

@@ -73,15 +73,15 @@ def kernel_shap_patches(predict: Callable[[np.ndarray], np.ndarray], images: np.
     return np.stack(values), expected
 
 
-def explain_kernel_shap(weights_path: Path, train_path: Path, validation_path: Path, explained_path: Path,
-                     background_path: Path, run_dir: Path, seed: int) -> dict:
+def explain_kernel_shap(weights_path: Path, validation_path: Path, explained_path: Path, background_path: Path,
+                        run_dir: Path, seed: int) -> dict:
     """Kernel SHAP for the first MAX_ROWS rows the explain step chose; write Parquet."""
     model, _, _ = load_weights(Path(weights_path))
-    train, val = read_split(Path(train_path)), read_split(Path(validation_path))
+    val = read_split(Path(validation_path))
     explained = pq.read_table(explained_path).to_pandas().head(MAX_ROWS[val.modality])
     index = {sid: i for i, sid in enumerate(val.source_ids)}
     rows = val.inputs[[index[s] for s in explained["source_id"]]]
-    background = background_images(train, Path(background_path))
+    background = background_images(Path(background_path))
 
     def predict(x: np.ndarray) -> np.ndarray:
         return predict_proba(model, x)

@@ -36,7 +36,7 @@ def explain_image(image_path: Path, run_dir: Path, out_dir: Path) -> dict:
     mode = "L" if config.in_channels == 1 else "RGB"
     image = read_image(image_path, mode)  # (C, 32, 32) in [0, 1], or InputError naming the file
     train = read_split(train_path)
-    background = background_images(train, background_path)
+    background = background_images(background_path)
     if image.shape != train.inputs.shape[1:]:
         raise InputError(f"image {image_path} became {image.shape}; the model takes {train.inputs.shape[1:]}")
 

@@ -1,4 +1,4 @@
-"""Progress bars for long steps (rich); quiet when output is not a terminal. Inside a Prefect task run the
+"""Progress bars for long steps (rich); quiet when output is not a terminal. Inside a Prefect task or flow run the
 same progress also moves a progress artifact, shown on the flow run's page in the Prefect UI."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def progress_bar(description: str, total: int) -> Iterator[callable]:
 
 
 class _PrefectProgress:
-    """A Prefect progress artifact for the current task run, updated at most every MIN_INTERVAL seconds."""
+    """A Prefect progress artifact for the current task or flow run, updated at most every MIN_INTERVAL seconds."""
 
     MIN_INTERVAL = 1.0
 
@@ -44,10 +44,10 @@ class _PrefectProgress:
         self.artifact_id, self.last = None, 0.0
         try:
             from prefect.artifacts import create_progress_artifact
-            from prefect.context import TaskRunContext
+            from prefect.context import FlowRunContext, TaskRunContext
         except ImportError:  # pragma: no cover - prefect is a dependency
             return
-        if TaskRunContext.get() is not None:
+        if TaskRunContext.get() is not None or FlowRunContext.get() is not None:
             self.artifact_id = create_progress_artifact(0.0, description=f"{description}: progress")
 
     def update(self, percent: float) -> None:

@@ -18,7 +18,7 @@ def trained_run(tmp_path, dataset: str, epochs: int):
                               loaded["run_dir"], background=40, explain=8, seed=0)
     model, _, _ = load_weights(trained["weights"]["path"])
     train, val = read_split(loaded["train"]["path"]), read_split(loaded["validation"]["path"])
-    background = background_images(train, explained["background"]["path"])
+    background = background_images(explained["background"]["path"])
     rows = val.inputs[:8]
     targets = predict_proba(model, rows).argmax(1)
     return model, background, rows, targets

@@ -31,7 +31,7 @@ def test_gradients_step_writes_complete_ig_for_the_explained_images(tmp_path):
     trained = train_model(loaded["train"]["path"], loaded["validation"]["path"], loaded["run_dir"], 2, 8, 0)
     explained = explain_model(trained["weights"]["path"], loaded["train"]["path"], loaded["validation"]["path"],
                               loaded["run_dir"], background=6, explain=4, seed=0)
-    result = gradient_attributions(trained["weights"]["path"], loaded["train"]["path"], loaded["validation"]["path"],
+    result = gradient_attributions(trained["weights"]["path"], loaded["validation"]["path"],
                                    explained["explained"]["path"], explained["background"]["path"], loaded["run_dir"])
     table = pq.read_table(result["gradients"]["path"]).to_pandas()
     chosen = pq.read_table(explained["explained"]["path"]).to_pandas()
