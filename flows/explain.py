@@ -5,7 +5,7 @@ The compliance_report flow runs it in-process as a subflow, or through `run_depl
 and writes the run directory (a path every worker reaches), so only paths cross between runs.
 
 The shards are independent; where they run is this flow's `dask_address` / `dask_workers`:
-- neither: one after another in this process (the default);
+- neither: in this process, as many side by side as torch had threads (the default);
 - `dask_workers=N`: a temporary local Dask cluster of N single-threaded worker processes;
 - `dask_address="tcp://host:8786"`: an existing Dask scheduler, whose workers may be other machines
   (they need this project installed and the run directory on the same path).
@@ -18,7 +18,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.steps import resumable, step
 from tasks.errors import InputError
-from tasks.explain import SHARD_IMAGES, explain_shard, merge_shards, plan_explanation
+from tasks.explain import SHARD_IMAGES, explain_shard, merge_shards, plan_explanation, restoring_torch_threads
 from tasks.progress import progress_bar
 
 EXPLAIN_STEPS = {
@@ -28,14 +28,14 @@ EXPLAIN_STEPS = {
 }
 
 
-def shard_runner(dask_address: str | None = None, dask_workers: int = 0):
-    """The task runner the shards are submitted to (see the module docstring)."""
+def shard_runner(dask_address: str | None = None, dask_workers: int = 0, threads: int = 1):
+    """The task runner the shards are submitted to (see the module docstring); `threads`: in-process."""
     if dask_address and dask_workers:
         raise InputError("give the Dask scheduler's address or a number of local Dask workers, not both")
     if not isinstance(dask_workers, int) or dask_workers < 0:
         raise InputError(f"--dask-workers must be a non-negative integer, got {dask_workers!r}")
     if not dask_address and not dask_workers:
-        return ThreadPoolTaskRunner(max_workers=1)
+        return ThreadPoolTaskRunner(max_workers=threads)
     from prefect_dask import DaskTaskRunner
 
     if dask_address:
@@ -54,13 +54,15 @@ def explain_flow(weights_path: str, train_path: str, validation_path: str, run_d
     The rows are cut into shards of `shard_size`, each an `explain-shard` task run on the runner that
     `dask_address` / `dask_workers` choose; the values do not depend on that choice.
     """
-    runner = shard_runner(dask_address, dask_workers)
+    shard_runner(dask_address, dask_workers)  # bad options fail before the plan
     steps = resumable(EXPLAIN_STEPS, run_dir)
     planned = steps["plan"](weights_path, train_path, validation_path, run_dir, background, explain, seed, engine,
                             shard_size)
     plan_path = planned["plan"]["path"]
     shard_paths = []
-    with runner, progress_bar(f"SHAP ({engine}, {len(planned['shards'])} shards)", total=explain) as advance:
+    description = f"SHAP ({engine}, {len(planned['shards'])} shards)"
+    with (restoring_torch_threads() as threads, shard_runner(dask_address, dask_workers, threads) as runner,
+          progress_bar(description, total=explain) as advance):
         futures = [runner.submit(steps["shard"], {"weights_path": weights_path, "plan_path": plan_path,
                                                   "run_dir": run_dir, "start": start, "stop": stop})
                    for start, stop in planned["shards"]]

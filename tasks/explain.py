@@ -8,7 +8,8 @@ Files (in ``explain/``):
   inputs; metadata ``accountability.expected_values`` (JSON, per class), ``accountability.input_shape``
   and ``accountability.engine``.
 - ``background.parquet``: source_id and inputs of each background image (same metadata).
-- ``shards/shard-START-STOP.parquet``: one shard's rows of ``shap_values.parquet``, and the device it ran on.
+- ``shards/shard-START-STOP.parquet``: one shard's rows of ``shap_values.parquet``, and the device and
+  worker (host:pid) that computed them.
 - ``shap_values.parquet``: one row per (explained image, class): position, source_id,
   class_index, values (fixed_size_list<float32>[C*H*W], same layout as the image).
   Metadata: the plan's, and ``accountability.device`` (the shards' devices).
@@ -21,7 +22,10 @@ Files (in ``explain/``):
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +154,17 @@ def deep_shap_engine(model: torch.nn.Module, background: torch.Tensor):
 ENGINES = {"fast": deep_shap_engine, "shap": shap_deep_explainer}
 
 
+@contextlib.contextmanager
+def restoring_torch_threads():
+    """Give this process back its torch thread count after shards ran in it (each pins it to one); yields
+    the count it had, which is how many shards can run side by side here."""
+    threads = torch.get_num_threads()
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(threads)
+
+
 def plan_explanation(weights_path: Path, train_path: Path, validation_path: Path, run_dir: Path, background: int,
                      explain: int, seed: int, engine: str = "fast", shard_size: int = SHARD_IMAGES) -> dict:
     """Choose the background and the rows to explain, predict every validation row, and cut the rows into shards.
@@ -206,8 +221,13 @@ def explain_shard(weights_path: Path, plan_path: Path, run_dir: Path, start: int
     """DeepSHAP values of the plan's rows [start, stop), written to ``explain/shards/``; any worker can run it.
 
     Shards are independent of each other and of where they run: the values of a row depend only on the
-    weights, the background and the row, so however the shards are spread, the merged file is the same.
+    weights, the background and the row. A shard computes with one torch thread: with more, float32 sums
+    are split by thread count and the values change in their last bits. So on workers of one kind (CPU
+    or GPU model), the merged file is the same bits however the shards were spread (tests/test_dask.py);
+    parallelism comes from running shards side by side. This pins the process's torch threads to one:
+    callers that go on computing wrap shards in `restoring_torch_threads()`.
     """
+    torch.set_num_threads(1)
     plan_path = Path(plan_path)
     model, _, _ = load_weights(Path(weights_path))
     rows = pq.read_table(plan_path, columns=["position", "source_id", "inputs"]).slice(start, stop - start)
@@ -226,7 +246,8 @@ def explain_shard(weights_path: Path, plan_path: Path, run_dir: Path, start: int
         "source_id": [sid for sid in rows.column("source_id").to_pylist() for _ in range(n_classes)],
         "class_index": pa.array(np.tile(np.arange(n_classes), n), type=pa.int32()),
         "values": _fixed_size_list(phi.astype(np.float32).reshape(n * n_classes, size)),
-    }).replace_schema_metadata({b"accountability.device": device.type.encode()})
+    }).replace_schema_metadata({b"accountability.device": device.type.encode(),  # where it ran: the audit trail
+                                b"accountability.worker": f"{socket.gethostname()}:{os.getpid()}".encode()})
     path = write_parquet_atomic(Path(run_dir) / "explain" / "shards" / f"shard-{start:06d}-{stop:06d}.parquet", table)
     return {"path": str(path), "sha256": sha256_file(path)}
 
@@ -258,9 +279,8 @@ def merge_shards(plan_path: Path, shard_paths: list[str], run_dir: Path) -> dict
             additivity[positions] = additivity_errors(phi, probs[positions], expected)
             writer.write_table(shard.cast(values_schema))
             next_position = positions[-1] + 1
-    if next_position != plan.num_rows:
-        values_path.unlink()
-        raise InputError(f"the shards cover rows 0..{next_position - 1} of the plan's {plan.num_rows}")
+        if next_position != plan.num_rows:  # inside the block: the incomplete file is never renamed into place
+            raise InputError(f"the shards cover rows 0..{next_position - 1} of the plan's {plan.num_rows}")
     explained = plan.append_column("additivity_error", pa.array(additivity, type=pa.float64()))
     write_parquet_atomic(Path(run_dir) / "explain" / "explained.parquet", explained.replace_schema_metadata(None))
     return explain_outputs(run_dir)
@@ -273,7 +293,8 @@ def explain_model(weights_path: Path, train_path: Path, validation_path: Path, r
     planned = plan_explanation(weights_path, train_path, validation_path, run_dir, background, explain, seed,
                                engine, shard_size)
     shard_paths = []
-    with progress_bar(f"SHAP ({engine}, {choose_device().type})", total=explain) as advance:
+    description = f"SHAP ({engine}, {choose_device().type})"
+    with restoring_torch_threads(), progress_bar(description, total=explain) as advance:
         for start, stop in planned["shards"]:
             shard_paths.append(explain_shard(weights_path, planned["plan"]["path"], run_dir, start, stop)["path"])
             advance(stop - start)

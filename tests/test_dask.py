@@ -1,0 +1,86 @@
+"""The SHAP stage's shards on a real 2-worker Dask cluster (prefect-dask's DaskTaskRunner) give the same values
+as the shards run one after another in this process."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tasks.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def trained_cnn(tmp_path_factory):
+    from tasks.load import load_data
+    from tasks.train import train_model
+    from tests.conftest import write_cifar10
+
+    root = tmp_path_factory.mktemp("dask")
+    loaded = load_data(f"cifar10:{write_cifar10(root / 'cifar', per_batch=40)}", root / "out", seed=0,
+                       val_fraction=0.25)
+    trained = train_model(loaded["train"]["path"], loaded["validation"]["path"], loaded["run_dir"], 1, 16, 0)
+    return {"weights_path": trained["weights"]["path"], "train_path": loaded["train"]["path"],
+            "validation_path": loaded["validation"]["path"], "background": 12, "explain": 7, "seed": 0,
+            "shard_size": 2}
+
+
+def shard_workers(run_dir: Path) -> set[str]:
+    return {pq.read_schema(p).metadata[b"accountability.worker"].decode()
+            for p in sorted((run_dir / "explain" / "shards").glob("*.parquet"))}
+
+
+@pytest.mark.slow
+def test_shards_on_a_two_worker_dask_cluster_equal_the_in_process_run(prefect_server, trained_cnn, tmp_path):
+    from flows.explain import explain_flow
+    from tasks.explain import read_shap_values
+
+    import torch
+
+    threads = torch.get_num_threads()
+    here = explain_flow(**trained_cnn, run_dir=str(tmp_path / "here"))
+    assert torch.get_num_threads() == threads  # shards pin torch to one thread; the flow gives the rest back
+    spread = explain_flow(**trained_cnn, run_dir=str(tmp_path / "dask"), dask_workers=2)
+
+    assert len(list((tmp_path / "dask" / "explain" / "shards").glob("*.parquet"))) == 4  # 7 rows, 2 per shard
+    workers = shard_workers(tmp_path / "dask")
+    assert len(workers) == 2 and not any(w.endswith(f":{os.getpid()}") for w in workers)  # two other processes
+    assert shard_workers(tmp_path / "here") == {f"{os.uname().nodename}:{os.getpid()}"}
+
+    values_here, meta_here = read_shap_values(Path(here["shap_values"]["path"]))
+    values_spread, meta_spread = read_shap_values(Path(spread["shap_values"]["path"]))
+    assert values_here.shape == (7, 10, 3, 32, 32)
+    assert np.array_equal(values_spread, values_here)  # the same bits: one torch thread per shard everywhere
+    assert meta_spread["accountability.expected_values"] == meta_here["accountability.expected_values"]
+    explained_here = pq.read_table(here["explained"]["path"]).to_pandas()
+    explained_spread = pq.read_table(spread["explained"]["path"]).to_pandas()
+    assert explained_spread.drop(columns="additivity_error").equals(explained_here.drop(columns="additivity_error"))
+    assert here["max_additivity_error"] < 1e-5 and spread["max_additivity_error"] < 1e-5
+
+
+def test_merge_refuses_shards_that_do_not_cover_the_plan(trained_cnn, tmp_path):
+    from tasks.explain import explain_shard, merge_shards, plan_explanation
+
+    args = {k: v for k, v in trained_cnn.items() if k != "shard_size"}
+    planned = plan_explanation(**args, run_dir=tmp_path, shard_size=3)
+    assert planned["shards"] == [[0, 3], [3, 6], [6, 7]]
+    plan = planned["plan"]["path"]
+    shards = [explain_shard(trained_cnn["weights_path"], plan, tmp_path, a, b)["path"] for a, b in planned["shards"]]
+    with pytest.raises(InputError, match="row 3 was next"):
+        merge_shards(plan, [shards[0], shards[2]], tmp_path)
+    with pytest.raises(InputError, match="cover rows 0..5 of the plan's 7"):
+        merge_shards(plan, shards[:2], tmp_path)
+    assert not (tmp_path / "explain" / "shap_values.parquet").exists()  # nothing half-made is published
+    with pytest.raises(InputError, match="outside the plan"):
+        explain_shard(trained_cnn["weights_path"], plan, tmp_path, 7, 9)
+    assert merge_shards(plan, shards, tmp_path)["max_additivity_error"] < 1e-5
+
+
+def test_bad_dask_options_are_refused():
+    from flows.explain import shard_runner
+
+    with pytest.raises(InputError, match="not both"):
+        shard_runner("tcp://127.0.0.1:8786", 2)
+    with pytest.raises(InputError, match="non-negative"):
+        shard_runner(None, -1)
