@@ -64,3 +64,41 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def task_runs(flow_run_id) -> list:
+    """The task runs of one flow run, oldest first, from the Prefect API.
+
+    (This server, prefect 3.8.8 with fastapi 0.154, answers 422 to a null sort: always give one.)"""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    async def query():
+        async with get_client() as client:
+            return await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                                               sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=100)
+
+    return asyncio.run(query())
+
+
+def subflow_run(flow_run_id, name: str):
+    """The flow run that flow run `flow_run_id` started as its subflow `name` (e.g. "explain")."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentTaskRunId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    (parent_task,) = [t for t in task_runs(flow_run_id) if t.name.rsplit("-", 1)[0] == name]
+
+    async def query():
+        async with get_client() as client:
+            return await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                parent_task_run_id=FlowRunFilterParentTaskRunId(any_=[parent_task.id])),
+                sort=FlowRunSort.START_TIME_ASC, limit=5)
+
+    (run,) = asyncio.run(query())
+    return run

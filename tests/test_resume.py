@@ -1,7 +1,6 @@
 """kill -9 in the middle of a run, then --resume: finished steps are reused (Cached), nothing half-made is
 ever published, and the result matches an uninterrupted run."""
 
-import asyncio
 import inspect
 import json
 import os
@@ -18,23 +17,19 @@ from safetensors import safe_open
 from tasks.artifacts import sha256_file
 from tasks.errors import InputError
 from tasks.resume import RUN_RECORD, resumable_parameters
+from tests.conftest import subflow_run, task_runs
 
-PARAMS = ["--dataset", "breast-cancer", "--epochs", "2", "--background", "30", "--explain", "6"]
+PARAMS = ["--dataset", "breast-cancer", "--epochs", "2", "--background", "30", "--explain", "6", "--shard-size", "2"]
 COMPARED = ["model/model.safetensors", "explain/shap_values.parquet", "explain/lime.parquet",
             "explain/kernel_shap.parquet", "analysis/permutation_importance.parquet", "quality/stability.parquet"]
 
 
-def task_states(flow_run_id) -> dict[str, str]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-    from prefect.client.schemas.sorting import TaskRunSort
-
-    async def query():
-        async with get_client() as client:
-            return await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-                                               sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=50)
-
-    return {t.name.rsplit("-", 1)[0]: t.state.name for t in asyncio.run(query())}
+def task_states(flow_run_id) -> dict[str, list[str]]:
+    """Each task's name (without its run suffix) -> the states of its runs."""
+    states: dict[str, list[str]] = {}
+    for t in task_runs(flow_run_id):
+        states.setdefault(t.name.rsplit("-", 1)[0], []).append(t.state.name)
+    return states
 
 
 def run_flow(**parameters):
@@ -48,7 +43,7 @@ def run_flow(**parameters):
 @pytest.fixture(scope="module")
 def uninterrupted(prefect_server, tmp_path_factory):
     out = tmp_path_factory.mktemp("whole")
-    _, result = run_flow(dataset="breast-cancer", epochs=2, background=30, explain=6, out=str(out))
+    _, result = run_flow(dataset="breast-cancer", epochs=2, background=30, explain=6, shard_size=2, out=str(out))
     return Path(result["run_dir"])
 
 
@@ -74,7 +69,8 @@ def kill_when(trigger: str, out: Path, tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("trigger", ["explain/shap_values.parquet", "figures/training_curves.png"])  # SHAP, report
+@pytest.mark.parametrize("trigger", ["explain/shards/shard-000002-000004.parquet",  # the SHAP stage's second shard
+                                     "figures/training_curves.png"])  # the report
 def test_killed_run_resumes_with_cached_steps_and_matches_an_uninterrupted_one(uninterrupted, tmp_path, trigger):
     run_dir = kill_when(trigger, tmp_path / "reports", tmp_path)
     assert not (run_dir / "report.pdf").exists() and not (run_dir / "manifest.json").exists()
@@ -90,7 +86,13 @@ def test_killed_run_resumes_with_cached_steps_and_matches_an_uninterrupted_one(u
     state, result = run_flow(**parameters, resume=str(run_dir))
     assert result["run_dir"] == str(run_dir)
     states = task_states(state.state_details.flow_run_id)
-    assert states["train"] == "Cached" and states["report"] == "Completed"
+    assert states["train"] == ["Cached"] and states["report"] == ["Completed"]
+    shap = task_states(subflow_run(state.state_details.flow_run_id, "explain").id)
+    assert shap["explain-plan"] == ["Cached"] and len(shap["explain-shard"]) == 3
+    if trigger.startswith("explain/"):  # killed among the shards: the finished ones are reused, any others run
+        assert "Cached" in shap["explain-shard"] and set(shap["explain-shard"]) <= {"Cached", "Completed"}
+    else:
+        assert set(shap["explain-shard"]) == {"Cached"} and shap["explain-merge"] == ["Cached"]
     from tasks.verify import verify_run
 
     assert verify_run(run_dir) == []
