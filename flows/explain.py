@@ -36,13 +36,28 @@ def shard_runner(dask_address: str | None = None, dask_workers: int = 0, threads
         raise InputError(f"--dask-workers must be a non-negative integer, got {dask_workers!r}")
     if not dask_address and not dask_workers:
         return ThreadPoolTaskRunner(max_workers=threads)
+    from prefect.settings import get_current_settings
     from prefect_dask import DaskTaskRunner
 
     if dask_address:
+        if get_current_settings().api.url is None:
+            raise InputError(f"the Dask workers at {dask_address} must report to a Prefect server that they can "
+                             "reach: set PREFECT_API_URL (here and on them); this run uses a local ephemeral one")
         return DaskTaskRunner(address=dask_address)
-    # Processes, one thread each: torch in every worker then uses one core (Dask sets OMP_NUM_THREADS=1).
+    # Processes, one thread each (a shard uses one torch thread), reporting to this run's Prefect server.
     return DaskTaskRunner(cluster_kwargs={"n_workers": dask_workers, "threads_per_worker": 1, "processes": True,
-                                          "dashboard_address": None})
+                                          "dashboard_address": None, "env": prefect_environment()})
+
+
+def prefect_environment() -> dict[str, str]:
+    """This run's Prefect settings as environment variables, with the API it reports to even when that is a
+    local ephemeral server: without them each Dask worker process would start a server of its own."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import get_current_settings
+
+    env = get_current_settings().to_environment_variables(exclude_unset=True)
+    env["PREFECT_API_URL"] = str(get_client(sync_client=True).api_url)
+    return env
 
 
 @flow(name="explain", log_prints=True)
