@@ -13,7 +13,7 @@ from prefect import flow
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
-from flows.explain import explain_flow, shard_runner
+from flows.explain import check_dask_options, explain_flow
 from flows.steps import StepFailed, resumable, step
 from tasks.agreement import measure_agreement
 from tasks.compare import compare_runs, previous_run
@@ -78,7 +78,7 @@ def compliance_report(
     config = RunConfig(dataset=dataset, label=label, epochs=epochs, background=background, explain=explain, seed=seed,
                        out=Path(out), shap_engine=shap_engine, model_card=model_card, compare=compare,
                        resume=resume, shard_size=shard_size)
-    shard_runner(dask_address, dask_workers)  # refuse bad Dask options before any work
+    check_dask_options(dask_address, dask_workers)
     loaded = load_step(config.dataset, config.out, config.seed, config.val_fraction, config.background, config.explain,
                        config.label, config.resume)
     run_dir = loaded["run_dir"]

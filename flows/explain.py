@@ -28,21 +28,27 @@ EXPLAIN_STEPS = {
 }
 
 
-def shard_runner(dask_address: str | None = None, dask_workers: int = 0, threads: int = 1):
-    """The task runner the shards are submitted to (see the module docstring); `threads`: in-process."""
+def check_dask_options(dask_address: str | None = None, dask_workers: int = 0) -> None:
+    """Refuse Dask options that cannot work, before any work starts."""
+    from prefect.settings import get_current_settings
+
     if dask_address and dask_workers:
         raise InputError("give the Dask scheduler's address or a number of local Dask workers, not both")
-    if not isinstance(dask_workers, int) or dask_workers < 0:
+    if not isinstance(dask_workers, int) or isinstance(dask_workers, bool) or dask_workers < 0:
         raise InputError(f"--dask-workers must be a non-negative integer, got {dask_workers!r}")
+    if dask_address and get_current_settings().api.url is None:
+        raise InputError(f"the Dask workers at {dask_address} must report to a Prefect server that they can "
+                         "reach: set PREFECT_API_URL (here and on them); this run uses a local ephemeral one")
+
+
+def shard_runner(dask_address: str | None = None, dask_workers: int = 0, threads: int = 1):
+    """The task runner the shards are submitted to (see the module docstring); `threads`: in-process."""
+    check_dask_options(dask_address, dask_workers)
     if not dask_address and not dask_workers:
         return ThreadPoolTaskRunner(max_workers=threads)
-    from prefect.settings import get_current_settings
     from prefect_dask import DaskTaskRunner
 
     if dask_address:
-        if get_current_settings().api.url is None:
-            raise InputError(f"the Dask workers at {dask_address} must report to a Prefect server that they can "
-                             "reach: set PREFECT_API_URL (here and on them); this run uses a local ephemeral one")
         return DaskTaskRunner(address=dask_address)
     # Processes, one thread each (a shard uses one torch thread), reporting to this run's Prefect server.
     return DaskTaskRunner(cluster_kwargs={"n_workers": dask_workers, "threads_per_worker": 1, "processes": True,
@@ -69,7 +75,7 @@ def explain_flow(weights_path: str, train_path: str, validation_path: str, run_d
     The rows are cut into shards of `shard_size`, each an `explain-shard` task run on the runner that
     `dask_address` / `dask_workers` choose; the values do not depend on that choice.
     """
-    shard_runner(dask_address, dask_workers)  # bad options fail before the plan
+    check_dask_options(dask_address, dask_workers)  # before the plan
     steps = resumable(EXPLAIN_STEPS, run_dir)
     planned = steps["plan"](weights_path, train_path, validation_path, run_dir, background, explain, seed, engine,
                             shard_size)

@@ -81,10 +81,31 @@ def test_merge_refuses_shards_that_do_not_cover_the_plan(trained_cnn, tmp_path):
     assert merge_shards(plan, shards, tmp_path)["max_additivity_error"] < 1e-5
 
 
-def test_bad_dask_options_are_refused():
-    from flows.explain import shard_runner
+def test_bad_dask_options_are_refused(monkeypatch):
+    from flows.explain import check_dask_options
 
     with pytest.raises(InputError, match="not both"):
-        shard_runner("tcp://127.0.0.1:8786", 2)
+        check_dask_options("tcp://127.0.0.1:8786", 2)
     with pytest.raises(InputError, match="non-negative"):
-        shard_runner(None, -1)
+        check_dask_options(None, -1)
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):  # no server given: a local ephemeral one
+        with pytest.raises(InputError, match="set PREFECT_API_URL"):  # which other machines cannot reach
+            check_dask_options("tcp://127.0.0.1:8786", 0)
+
+
+@pytest.mark.slow
+def test_the_command_line_runs_the_shards_on_local_dask_workers_that_report_to_its_one_server(tmp_path):
+    """With no PREFECT_API_URL the run's server is ephemeral; its Dask workers must use it, not start their own."""
+    from tests.test_cli import run_cli
+
+    result = run_cli("run", "--dataset", "breast-cancer", "--epochs", "1", "--background", "10", "--explain", "4",
+                     "--shard-size", "2", "--dask-workers", "2", "--verbose", "--out", str(tmp_path / "reports"),
+                     cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert output.count("Starting temporary server") == 1, output[-3000:]
+    assert "Creating a new Dask cluster" in output
+    (run_dir,) = (tmp_path / "reports").iterdir()
+    assert len(shard_workers(run_dir)) == 2 and (run_dir / "report.pdf").is_file()
