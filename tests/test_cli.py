@@ -36,10 +36,11 @@ def test_help_explains_every_option_with_its_default(tmp_path):
     result = run_cli("run", "--help", cwd=tmp_path)
     assert result.returncode == 0
     for option, default in (("--dataset", "digits"), ("--epochs", "8"), ("--background", "200"),
-                            ("--explain", "32"), ("--seed", "0"), ("--out", "reports")):
+                            ("--explain", "32"), ("--seed", "0"), ("--out", "reports"), ("--shard-size", "8")):
         assert option in result.stdout
         assert f"(default: {default})" in " ".join(result.stdout.split())
     assert "cifar10:DIR" in result.stdout and "imagefolder:DIR" in result.stdout
+    assert "--dask-workers N" in result.stdout and "--dask-address ADDRESS" in result.stdout
 
 
 @pytest.fixture
@@ -64,9 +65,11 @@ def earlier_run(tmp_path):
         (["--explain", "100000", "--epochs", "1"], "--explain 100000 is larger than the validation split"),
         (["--epochs", "0"], "argument --epochs: 0 is not a positive integer"),
         (["--background", "-3"], "argument --background: -3 is not a positive integer"),
+        (["--dask-workers", "2", "--dask-address", "tcp://127.0.0.1:8786"], "not allowed with argument"),
+        (["--dask-address", "tcp://127.0.0.1:8786"], "must report to a Prefect server that they can reach"),
     ],
     ids=["unknown-spec", "missing-dir", "no-cifar", "corrupt-image", "one-class", "explain-too-large",
-         "zero-epochs", "negative-background"],
+         "zero-epochs", "negative-background", "two-dask-options", "dask-without-server"],
 )
 def test_bad_input_is_one_clear_line_and_leaves_earlier_runs_alone(tmp_path, earlier_run, args, message):
     corrupt = write_imagefolder(tmp_path / "corrupt", {"a": 3, "b": 3})
