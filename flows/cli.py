@@ -169,10 +169,10 @@ def run_command(args: argparse.Namespace) -> int:
     # A busy 2-core machine (two runs at once) can take longer than Prefect's 20 s to start its local server.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     check_prefect_api()
+    _quiet_console(args.verbose)
     from flows.explain import check_dask_options
 
     check_dask_options(args.dask_address, args.dask_workers or 0)
-    _quiet_console(args.verbose)
     from flows.compliance_report import compliance_report
 
     result = compliance_report(dataset=config.dataset, label=config.label, epochs=config.epochs,
