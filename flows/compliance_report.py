@@ -1,5 +1,6 @@
 """The `compliance_report` flow: load -> train -> explain (DeepSHAP, gradients, permutation importance, PDP,
-Kernel SHAP, LIME, slices, method agreement) -> report, one Prefect task each.
+Kernel SHAP, LIME, slices, method agreement) -> report, one Prefect task each; DeepSHAP is a subflow of
+its own (flows/explain.py), run in-process or on the `explain` deployment's GPU workers.
 
 Thin wiring only: the steps are plain functions in `tasks/`; they hand each other paths
 and SHA-256 hashes of Parquet and safetensors files, never pickled objects.

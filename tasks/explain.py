@@ -286,6 +286,19 @@ def merge_shards(plan_path: Path, shard_paths: list[str], run_dir: Path) -> dict
     return explain_outputs(run_dir)
 
 
+def shard_workers(run_dir: Path) -> list[dict]:
+    """Where the SHAP shards of a run were computed, per worker: host:pid, device, shards and rows."""
+    workers: dict[tuple[str, str], dict] = {}
+    for path in sorted((Path(run_dir) / "explain" / "shards").glob("shard-*.parquet")):
+        meta = pq.read_schema(path).metadata
+        key = (meta[b"accountability.worker"].decode(), meta[b"accountability.device"].decode())
+        entry = workers.setdefault(key, {"worker": key[0], "device": key[1], "shards": 0, "rows": 0})
+        entry["shards"] += 1
+        start, stop = (int(n) for n in path.stem.split("-")[1:])  # shard-START-STOP
+        entry["rows"] += stop - start
+    return list(workers.values())
+
+
 def explain_model(weights_path: Path, train_path: Path, validation_path: Path, run_dir: Path, background: int,
                   explain: int, seed: int, engine: str = "fast", shard_size: int = SHARD_IMAGES) -> dict:
     """The whole SHAP stage in this process: plan, every shard in turn, merge. (The `explain` flow runs the

@@ -12,7 +12,7 @@ import pandas as pd
 from tasks import figures
 from tasks.artifacts import (ATTACHMENTS, MANIFEST_NAME, PRE_MANIFEST_NAME, build_manifest, sha256_file,
                              write_json_atomic, write_manifest)
-from tasks.explain import read_shap_values
+from tasks.explain import read_shap_values, shard_workers
 from tasks import report_sections as sections
 from tasks.inspect_weights import NEAR_ZERO, first_conv_filters, weight_histograms, write_weight_statistics
 from tasks.load import read_split
@@ -203,7 +203,7 @@ def render_report(run_dir: Path, load: dict, train: dict, explain: dict, params:
         },
         "appendix": {
             "parameters": params, "environment": environment, "flow_run": flow_run,
-            "attachments": ATTACHMENTS,
+            "attachments": ATTACHMENTS, "shard_workers": shard_workers(run_dir),
         },
         "class_names": names,
         "modality": train_split.modality,

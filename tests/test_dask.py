@@ -64,19 +64,21 @@ def test_shards_on_a_two_worker_dask_cluster_equal_the_in_process_run(prefect_se
 
 
 def test_merge_refuses_shards_that_do_not_cover_the_plan(trained_cnn, tmp_path):
-    from tasks.explain import explain_shard, merge_shards, plan_explanation
+    from tasks.explain import explain_shard, merge_shards, plan_explanation, restoring_torch_threads
 
     args = {k: v for k, v in trained_cnn.items() if k != "shard_size"}
     planned = plan_explanation(**args, run_dir=tmp_path, shard_size=3)
     assert planned["shards"] == [[0, 3], [3, 6], [6, 7]]
     plan = planned["plan"]["path"]
-    shards = [explain_shard(trained_cnn["weights_path"], plan, tmp_path, a, b)["path"] for a, b in planned["shards"]]
+    with restoring_torch_threads():  # a shard pins torch to one thread; later tests get theirs back
+        shards = [explain_shard(trained_cnn["weights_path"], plan, tmp_path, a, b)["path"]
+                  for a, b in planned["shards"]]
     with pytest.raises(InputError, match="row 3 was next"):
         merge_shards(plan, [shards[0], shards[2]], tmp_path)
     with pytest.raises(InputError, match="cover rows 0..5 of the plan's 7"):
         merge_shards(plan, shards[:2], tmp_path)
     assert not (tmp_path / "explain" / "shap_values.parquet").exists()  # nothing half-made is published
-    with pytest.raises(InputError, match="outside the plan"):
+    with pytest.raises(InputError, match="outside the plan"), restoring_torch_threads():
         explain_shard(trained_cnn["weights_path"], plan, tmp_path, 7, 9)
     assert merge_shards(plan, shards, tmp_path)["max_additivity_error"] < 1e-5
 

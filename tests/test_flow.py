@@ -18,7 +18,7 @@ SECTIONS = ("Model compliance report", "1. Purpose and use", "Summary", "Model c
             "Global SHAP importance", "Explanations of individual decisions: DeepSHAP", "Gradient attribution",
             "Model-agnostic SHAP (Kernel SHAP)", "LIME", "Explanation quality: additivity",
             "Randomisation sanity check", "Stability", "Method agreement", "5. Limitations",
-            "6. Monitoring and changes", "7. Reproducibility", "Sign-off")
+            "6. Monitoring and changes", "7. Reproducibility", "Where the SHAP values were computed", "Sign-off")
 TASKS = ["compare", "explain", "faithfulness", "gradients", "kernel-shap", "lime", "load", "method-agreement",
          "model-card", "permutation-importance", "report", "slices", "train"]
 
