@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 
 import yaml
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import DeploymentUpdate
 from prefect.deployments.runner import RunnerDeployment
 
 PREFECT_FILE = Path(__file__).resolve().parent / "prefect.yaml"
@@ -48,6 +50,11 @@ def main() -> int:
             parameters=spec.get("parameters"), concurrency_limit=spec.get("concurrency_limit"),
             work_pool_name=pool["name"], job_variables=pool.get("job_variables"))
         deployment_id = deployment.apply(work_pool_name=pool["name"])
+        # apply() stores no pull steps, and a worker then copies the deployment's path (this whole checkout,
+        # .venv included: minutes per flow run) into a temporary directory. prefect.yaml's pull steps run
+        # the flow where it is instead.
+        with get_client(sync_client=True) as client:
+            client.update_deployment(deployment_id, DeploymentUpdate(pull_steps=config["pull"]))
         print(f"deployment {deployment.flow_name}/{deployment.name} on pool {pool['name']}: {deployment_id}")
     return 0
 

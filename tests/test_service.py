@@ -99,6 +99,11 @@ def test_a_deployed_report_runs_its_shap_stage_on_the_gpu_worker(stack, deployed
     assert child["state_type"] == "COMPLETED" and child["work_pool_name"] == "gpu"
     gpu_log = (stack["base"] / "state" / "worker-gpu.log").read_text()
     assert f"Worker 'gpu-worker' submitting flow run '{child['id']}'" in gpu_log
+    cpu_log = (stack["base"] / "state" / "worker-cpu.log").read_text()
+    # prefect.yaml's pull step runs each flow in the checkout; without it a worker copies the whole checkout
+    # (.venv included) into a temporary directory for every flow run, which took minutes.
+    assert "Running 1 deployment pull step(s)" in cpu_log and "Running 1 deployment pull step(s)" in gpu_log
+    assert "Downloading flow code from storage" not in cpu_log + gpu_log
 
     artifacts = api(stack, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}},
                                                  "limit": 50, "offset": 0, "sort": "KEY_ASC"})
