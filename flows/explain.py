@@ -13,6 +13,9 @@ The shards are independent; where they run is this flow's `dask_address` / `dask
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -71,6 +74,19 @@ def prefect_environment() -> dict[str, str]:
     return env
 
 
+@contextlib.contextmanager
+def environment_kept():
+    """Put this process's environment back afterwards: Dask's nannies write their pre-spawn variables
+    (OMP_NUM_THREADS=1, ...) into it, and every later subprocess (another `accountability run`, say) would
+    inherit them and train with one thread, into other weights."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 @flow(name="explain", log_prints=True)
 def explain_flow(weights_path: str, train_path: str, validation_path: str, run_dir: str, background: int,
                  explain: int, seed: int, engine: str = "fast", shard_size: int = SHARD_IMAGES,
@@ -87,7 +103,8 @@ def explain_flow(weights_path: str, train_path: str, validation_path: str, run_d
     plan_path = planned["plan"]["path"]
     shard_paths = []
     description = f"SHAP ({engine}, {len(planned['shards'])} shards)"
-    with (restoring_torch_threads() as threads, shard_runner(dask_address, dask_workers, threads) as runner,
+    with (environment_kept(), restoring_torch_threads() as threads,
+          shard_runner(dask_address, dask_workers, threads) as runner,
           progress_bar(description, total=explain) as advance):
         futures = [runner.submit(steps["shard"], {"weights_path": weights_path, "plan_path": plan_path,
                                                   "run_dir": run_dir, "start": start, "stop": stop})

@@ -44,7 +44,9 @@ def test_shards_on_a_two_worker_dask_cluster_equal_the_in_process_run(prefect_se
     threads = torch.get_num_threads()
     here = explain_flow(**trained_cnn, run_dir=str(tmp_path / "here"))
     assert torch.get_num_threads() == threads  # shards pin torch to one thread; the flow gives the rest back
+    environment = dict(os.environ)
     state = explain_flow(**trained_cnn, run_dir=str(tmp_path / "dask"), dask_workers=2, return_state=True)
+    assert dict(os.environ) == environment  # Dask's OMP_NUM_THREADS=1 etc. do not outlive the stage
     spread = state.result()
     shard_runs = [t for t in task_runs(state.state_details.flow_run_id) if t.name.startswith("explain-shard")]
     assert len(shard_runs) == 4 and all(t.state.is_completed() for t in shard_runs)  # reported to this server

@@ -85,17 +85,22 @@ def test_the_server_recorded_the_task_runs_and_the_artifacts(flow_result):
 
     flow_run_id = state.state_details.flow_run_id
 
+    explain_run = subflow_run(flow_run_id, "explain")
+
     async def query():
         async with get_client() as client:
             flow_run = await client.read_flow_run(flow_run_id)
-            # This server (prefect 3.8.8, fastapi 0.154) answers 422 to the client's null filters: leave them out.
-            response = await client._client.post("/artifacts/filter", json={
-                "artifacts": {"flow_run_id": {"any_": [str(flow_run.id)]}}, "sort": "KEY_ASC", "limit": 20})
-            return flow_run, response.json()
 
-    flow_run, artifacts = asyncio.run(query())
+            async def artifacts(run_id):  # this server (prefect 3.8.8, fastapi 0.154) answers 422 to null filters
+                response = await client._client.post("/artifacts/filter", json={
+                    "artifacts": {"flow_run_id": {"any_": [str(run_id)]}}, "sort": "KEY_ASC", "limit": 20})
+                return response.json()
+
+            return flow_run, await artifacts(flow_run.id), await artifacts(explain_run.id)
+
+    flow_run, artifacts, explain_artifacts = asyncio.run(query())
+    assert any(a["type"] == "progress" and a["data"] == 100.0 for a in explain_artifacts)  # the SHAP bar, done
     tasks = task_runs(flow_run_id)
-    explain_run = subflow_run(flow_run_id, "explain")
     explain_tasks = task_runs(explain_run.id)
     assert flow_run.state.is_completed() and explain_run.state.is_completed()
     assert sorted(t.name.rsplit("-", 1)[0] for t in tasks) == TASKS  # "explain": the SHAP stage's subflow
