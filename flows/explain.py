@@ -45,8 +45,8 @@ def check_dask_options(dask_address: str | None = None, dask_workers: int = 0) -
 
 
 def shard_runner(dask_address: str | None = None, dask_workers: int = 0, threads: int = 1):
-    """The task runner the shards are submitted to (see the module docstring); `threads`: in-process."""
-    check_dask_options(dask_address, dask_workers)
+    """The task runner the shards are submitted to (see the module docstring); `threads`: in-process.
+    The options were checked by `check_dask_options` before any work."""
     if not dask_address and not dask_workers:
         return ThreadPoolTaskRunner(max_workers=threads)
     import dask

@@ -37,7 +37,7 @@ from tasks.artifacts import atomic_path, sha256_file, write_parquet_atomic
 from tasks.config import RunConfig
 from tasks.deep_shap import DeepShapEngine, UnsupportedModelError
 from tasks.errors import InputError
-from tasks.load import read_split, require_rows
+from tasks.load import float32_column, float32_rows, read_split, require_rows
 from tasks.model import load_weights, probabilities
 from tasks.progress import progress_bar
 
@@ -87,7 +87,7 @@ def background_images(background_path: Path) -> np.ndarray:
     table = pq.read_table(background_path)
     if "inputs" not in table.column_names:
         raise InputError(f"{background_path} has no inputs: the run was written by an older version; run it again")
-    return _unflatten(table.column("inputs"), json.loads(table.schema.metadata[b"accountability.input_shape"]))
+    return float32_rows(table.column("inputs"), json.loads(table.schema.metadata[b"accountability.input_shape"]))
 
 
 def read_shap_values(path: Path) -> tuple[np.ndarray, dict]:
@@ -200,18 +200,17 @@ def plan_explanation(weights_path: Path, train_path: Path, validation_path: Path
         "label": pa.array(val.labels[image_idx], type=pa.int64()),
         "predicted": pa.array(predicted[image_idx], type=pa.int64()),
         "confidence": pa.array(val_probs[image_idx, predicted[image_idx]], type=pa.float32()),
-        "probabilities": _fixed_size_list(val_probs[image_idx]),
-        "inputs": _fixed_size_list(val.inputs[image_idx]),
+        "probabilities": float32_column(val_probs[image_idx]),
+        "inputs": float32_column(val.inputs[image_idx]),
     }).replace_schema_metadata(meta)
-    write_parquet_atomic(out_dir / "plan.parquet", plan)
+    path = write_parquet_atomic(out_dir / "plan.parquet", plan)
     write_parquet_atomic(out_dir / "background.parquet", pa.table({
         "source_id": [train.source_ids[i] for i in background_idx],
-        "inputs": _fixed_size_list(train.inputs[background_idx])}).replace_schema_metadata(meta))
+        "inputs": float32_column(train.inputs[background_idx])}).replace_schema_metadata(meta))
     write_parquet_atomic(out_dir / "predictions.parquet", pa.table({
         "source_id": val.source_ids, "label": pa.array(val.labels, type=pa.int64()),
         "predicted": pa.array(predicted, type=pa.int64()),
         "confidence": pa.array(val_probs.max(1), type=pa.float32())}))
-    path = out_dir / "plan.parquet"
     return {"plan": {"path": str(path), "sha256": sha256_file(path)},
             "shards": [[start, min(start + shard_size, len(image_idx))]
                        for start in range(0, len(image_idx), shard_size)]}
@@ -238,14 +237,13 @@ def explain_shard(weights_path: Path, plan_path: Path, run_dir: Path, start: int
     device = choose_device()
     prob_model = probabilities(model).to(device).eval()
     background_x = torch.from_numpy(background_images(plan_path.parent / "background.parquet")).to(device)
-    phi = ENGINES[engine](prob_model, background_x)(torch.from_numpy(_unflatten(rows.column("inputs"), shape)))
+    phi = ENGINES[engine](prob_model, background_x)(torch.from_numpy(float32_rows(rows.column("inputs"), shape)))
     n, n_classes = phi.shape[:2]
-    size = int(np.prod(shape))
     table = pa.table({
         "position": pa.array(np.repeat(rows.column("position").to_numpy(), n_classes), type=pa.int32()),
         "source_id": [sid for sid in rows.column("source_id").to_pylist() for _ in range(n_classes)],
         "class_index": pa.array(np.tile(np.arange(n_classes), n), type=pa.int32()),
-        "values": _fixed_size_list(phi.astype(np.float32).reshape(n * n_classes, size)),
+        "values": float32_column(phi.reshape(n * n_classes, -1)),
     }).replace_schema_metadata({b"accountability.device": device.type.encode(),  # where it ran: the audit trail
                                 b"accountability.worker": f"{socket.gethostname()}:{os.getpid()}".encode()})
     path = write_parquet_atomic(Path(run_dir) / "explain" / "shards" / f"shard-{start:06d}-{stop:06d}.parquet", table)
@@ -259,7 +257,7 @@ def merge_shards(plan_path: Path, shard_paths: list[str], run_dir: Path) -> dict
                                                    "probabilities"])
     meta = plan.schema.metadata
     expected = np.array(json.loads(meta[b"accountability.expected_values"]))
-    probs = _unflatten(plan.column("probabilities"), [len(expected)])
+    probs = float32_rows(plan.column("probabilities"), [len(expected)])
     shape = json.loads(meta[b"accountability.input_shape"])
     devices = sorted({pq.read_schema(p).metadata[b"accountability.device"].decode() for p in shard_paths})
     values_meta = {**meta, b"accountability.device": ",".join(devices).encode()}
@@ -275,7 +273,7 @@ def merge_shards(plan_path: Path, shard_paths: list[str], run_dir: Path) -> dict
             if positions[0] != next_position or len(positions) != positions[-1] - positions[0] + 1:
                 raise InputError(f"shard {path} holds rows {positions[0]}..{positions[-1]}; "
                                  f"row {next_position} was next")
-            phi = _unflatten(shard.column("values"), [len(expected), *shape])
+            phi = float32_rows(shard.column("values"), [len(expected), *shape])
             additivity[positions] = additivity_errors(phi, probs[positions], expected)
             writer.write_table(shard.cast(values_schema))
             next_position = positions[-1] + 1
@@ -313,14 +311,3 @@ def explain_model(weights_path: Path, train_path: Path, validation_path: Path, r
             advance(stop - start)
     return merge_shards(planned["plan"]["path"], shard_paths, run_dir)
 
-
-def _fixed_size_list(array: np.ndarray) -> pa.FixedSizeListArray:
-    """Rows of `array` (any trailing shape) as a fixed-size list<float32> column."""
-    flat = np.ascontiguousarray(array, dtype=np.float32).reshape(len(array), -1)
-    return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1), type=pa.float32()), flat.shape[1])
-
-
-def _unflatten(column: pa.ChunkedArray, shape: list[int]) -> np.ndarray:
-    """A fixed-size list column back as a writable float32 array of shape (rows, *shape)."""
-    values = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return values.astype(np.float32, copy=True).reshape(-1, *shape)

@@ -50,17 +50,28 @@ class Split:
     feature_names: list[str] = field(default_factory=list)  # tables: one per column of `inputs`
 
 
+def float32_column(array: np.ndarray) -> pa.FixedSizeListArray:
+    """Rows of `array` (any trailing shape) as a fixed-size list<float32> column, flattened row-major."""
+    size = int(np.prod(array.shape[1:]))
+    flat = pa.array(np.ascontiguousarray(array, dtype=np.float32).reshape(-1), type=pa.float32())
+    return pa.FixedSizeListArray.from_arrays(flat, size)
+
+
+def float32_rows(column: pa.ChunkedArray, shape: list[int]) -> np.ndarray:
+    """A `float32_column` back as a writable float32 array of shape (rows, *shape) (torch needs writable)."""
+    values = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return values.astype(np.float32, copy=True).reshape(-1, *shape)
+
+
 def split_table(inputs: np.ndarray, labels: np.ndarray, source_ids: list[str], class_names: list[str],
                 modality: str = "image", feature_names: list[str] | None = None) -> pa.Table:
     """The Parquet table for one split, with the schema documented above."""
     shape = list(inputs.shape[1:])
-    size = int(np.prod(shape))
-    flat = pa.array(np.ascontiguousarray(inputs, dtype=np.float32).reshape(-1), type=pa.float32())
     table = pa.table(
         {
             "source_id": pa.array(source_ids, type=pa.string()),
             "label": pa.array(labels.astype(np.int64), type=pa.int64()),
-            "inputs": pa.FixedSizeListArray.from_arrays(flat, size),
+            "inputs": float32_column(inputs),
         }
     )
     return table.replace_schema_metadata(
@@ -84,10 +95,8 @@ def read_split(path: Path) -> Split:
     meta = table.schema.metadata or {}
     if meta.get(META_SCHEMA) != SCHEMA_TAG.encode():
         raise InputError(f"{path}: not an accountability split (schema {SCHEMA_TAG} expected)")
-    shape = json.loads(meta[META_SHAPE])
-    values = table.column("inputs").combine_chunks().flatten().to_numpy(zero_copy_only=False)
     return Split(
-        inputs=values.astype(np.float32, copy=True).reshape(-1, *shape),  # writable, for torch
+        inputs=float32_rows(table.column("inputs"), json.loads(meta[META_SHAPE])),
         labels=table.column("label").to_numpy().astype(np.int64, copy=True),
         source_ids=table.column("source_id").to_pylist(),
         class_names=json.loads(meta[META_CLASSES]),

@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 PACKAGES = ("torch", "torchvision", "shap", "captum", "lime", "prefect", "prefect-dask", "distributed", "numpy",
-            "scipy", "pandas", "pyarrow", "scikit-learn", "scikit-image", "safetensors", "jinja2", "weasyprint", "matplotlib", "pillow")
+            "scipy", "pandas", "pyarrow", "scikit-learn", "scikit-image", "safetensors", "jinja2", "weasyprint",
+            "matplotlib", "pillow")
 
 
 def environment() -> dict:
