@@ -8,10 +8,19 @@ import os
 import sys
 from pathlib import Path
 
-from tasks.config import SHAP_ENGINES, RunConfig
-from tasks.errors import InputError
+from tasks.run.config import SHAP_ENGINES, RunConfig
+from tasks.run.errors import InputError
 
 EXIT_INPUT_ERROR = 2
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default, unless it has none or its help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def _positive_int(text: str) -> int:
@@ -45,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="load data, train the reference CNN or MLP, explain it and render a PDF report",
         description="Run the compliance_report Prefect flow: load -> train -> explain -> report. "
         "Uses Prefect's local ephemeral server unless PREFECT_API_URL points at a running one.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     run.add_argument("--dataset", default=RunConfig.dataset, metavar="SPEC",
                      help="the data: images from 'digits' (built in), 'cifar10:DIR' (CIFAR-10 python batches in DIR) "
@@ -56,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--epochs", type=_positive_int, default=RunConfig.epochs, metavar="N", help="training epochs")
     run.add_argument("--background", type=_positive_int, default=RunConfig.background, metavar="N",
                      help="training rows (images) in the SHAP background (the 'mask')")
-    run.add_argument("--explain", type=_positive_int, default=RunConfig.explain, metavar="N",
+    run.add_argument("--explain", dest="explain_rows", type=_positive_int, default=RunConfig.explain_rows, metavar="N",
                      help="validation rows (images) to explain (every class and misclassified ones included)")
     run.add_argument("--seed", type=_seed, default=RunConfig.seed, metavar="N",
                      help="seed for the split, initial weights, shuffling and the choice of rows")
@@ -89,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="explain your own image file with a finished run's model",
         description="Resize an image to the model's input, print the predicted class with its probability, "
         "and write the SHAP image plot (PNG) and a one-page PDF, explained against the run's background.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     own.add_argument("image", type=Path, metavar="PATH", help="the image file (any format Pillow reads)")
     own.add_argument("--run", type=Path, required=True, metavar="RUN_DIR",
@@ -154,7 +163,7 @@ def check_prefect_api() -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     if args.resume:
-        from tasks.resume import resumable_parameters
+        from tasks.run.resume import resumable_parameters
 
         recorded = resumable_parameters(args.resume)
         config = RunConfig(**{k: v for k, v in recorded.items() if k in RunConfig.__dataclass_fields__},
@@ -162,35 +171,31 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"resuming {config.resume} with its recorded parameters")
     else:
         config = RunConfig(dataset=args.dataset, label=args.label, model_card=args.model_card, compare=args.compare,
-                           epochs=args.epochs, background=args.background,
-                           explain=args.explain, seed=args.seed, out=args.out, shap_engine=args.shap_engine,
-                           shard_size=args.shard_size)
+                           epochs=args.epochs, background=args.background, explain_rows=args.explain_rows,
+                           seed=args.seed, out=args.out, shap_engine=args.shap_engine, shard_size=args.shard_size)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # A busy 2-core machine (two runs at once) can take longer than Prefect's 20 s to start its local server.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     check_prefect_api()
     _quiet_console(args.verbose)
-    from flows.explain import check_dask_options
-
-    check_dask_options(args.dask_address, args.dask_workers or 0)
     from flows.compliance_report import compliance_report
+    from flows.preflight import preflight
 
-    result = compliance_report(dataset=config.dataset, label=config.label, epochs=config.epochs,
-                               background=config.background, explain=config.explain, seed=config.seed,
-                               out=str(config.out), shap_engine=config.shap_engine,
-                               model_card=str(config.model_card) if config.model_card else None,
-                               compare=str(config.compare) if config.compare else None,
-                               resume=str(config.resume) if config.resume else None, shard_size=config.shard_size,
-                               dask_address=args.dask_address, dask_workers=args.dask_workers or 0)
+    dask = {"dask_address": args.dask_address, "dask_workers": args.dask_workers or 0}
+    config = preflight(config, **dask)  # before Prefect starts; the flow's own preflight finds it done
+    parameters = {k: v for k, v in config.to_json().items() if k not in ("batch_size", "val_fraction")}
+    result = compliance_report(**parameters, **dask)
     print(f"validation accuracy: {result['validation_accuracy']:.3f}; "
           f"largest SHAP additivity error: {result['max_additivity_error']:.2e}")
+    print(f"checks: {result['checks_failed']} of {result['n_checks']} failed; "
+          f"{result['limitations']} limitation(s) listed in section 5")
     print(f"run directory: {result['run_dir']}")
     print(f"report: {result['pdf']}")
     return 0
 
 
 def explain_image_command(args: argparse.Namespace) -> int:
-    from tasks.own_image import explain_image
+    from tasks.report.own_image import explain_image
 
     result = explain_image(args.image, args.run, args.out)
     print(f"predicted: {result['predicted']} (probability {result['probability']:.3f}); "
@@ -201,7 +206,7 @@ def explain_image_command(args: argparse.Namespace) -> int:
 
 
 def verify_command(args: argparse.Namespace) -> int:
-    from tasks.verify import verify_run
+    from tasks.run.verify import verify_run
 
     problems = verify_run(args.run_dir)
     for problem in problems:

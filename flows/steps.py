@@ -1,15 +1,19 @@
-"""What makes a plain function in `tasks/` a step of a flow: a Prefect task whose failure names the step,
-and, within a run, a cache keyed by the hashes of its inputs with results kept in the run directory."""
+"""What makes a plain function in `tasks/` a step of a flow: a Prefect task whose failure names the step and
+whose result records its wall time, and, within a run, a cache keyed by the hashes of its inputs and of the
+code, with results kept in the run directory."""
 
 from __future__ import annotations
 
 import functools
-from pathlib import Path
+import time
 
 from prefect import task
 
-from tasks.errors import InputError
-from tasks.resume import RESULTS_DIR, input_hash_key
+from tasks.run import layout
+from tasks.run.errors import InputError
+from tasks.run.resume import input_hash_key
+
+WALL_SECONDS = "wall_seconds"  # the key of a step's own wall time in its result
 
 
 class StepFailed(RuntimeError):
@@ -20,22 +24,31 @@ def step(fn, name: str, **options):
     """`fn` as a Prefect task whose failure says which step failed and why (the flow run's state message)."""
     @functools.wraps(fn)
     def run(*args, **kwargs):
+        started = time.perf_counter()
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except InputError as exc:
             raise InputError(f"{name} step: {exc}") from None
         except Exception as exc:
             raise StepFailed(f"{name} step failed: {type(exc).__name__}: {exc}") from exc
+        if isinstance(result, dict):
+            result[WALL_SECONDS] = round(time.perf_counter() - started, 3)
+        return result
     return task(run, name=name, **options)
 
 
-def resumable(steps: dict, run_dir: str) -> dict:
-    """`steps` cached by the hashes of their inputs, results kept (as JSON) in the run directory.
+def timings(results: dict) -> dict[str, float]:
+    """Step name -> wall seconds, from the steps' results (in the order they ran)."""
+    return {name: result[WALL_SECONDS] for name, result in results.items()
+            if isinstance(result, dict) and WALL_SECONDS in result}
+
+
+def resumable(prefect_task, run_dir: str):
+    """`prefect_task` cached by the hashes of its inputs and the code, its result kept (as JSON) in the run directory.
 
     A run that died is finished by running it again into the same directory (--resume):
-    the steps that had completed come back Cached. See tasks/resume.py.
+    the steps that had completed come back Cached. See tasks/run/resume.py.
     """
-    storage = Path(run_dir) / RESULTS_DIR  # a path: Prefect stores there without a saved storage block
-    return {name: prefect_task.with_options(cache_key_fn=input_hash_key, persist_result=True,
-                                            result_storage=storage, result_serializer="json")
-            for name, prefect_task in steps.items()}
+    storage = layout.folder(run_dir, "results")  # a path: Prefect stores there without a saved storage block
+    return prefect_task.with_options(cache_key_fn=input_hash_key, persist_result=True, result_storage=storage,
+                                     result_serializer="json")

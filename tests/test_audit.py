@@ -5,12 +5,12 @@ import json
 import pytest
 from pypdf import PdfReader
 
-from tasks.artifacts import ATTACHMENTS, sha256_file
-from tasks.explain import explain_model
-from tasks.load import load_data
-from tasks.provenance import environment
-from tasks.report import render_report
-from tasks.train import train_model
+from tasks.run.artifacts import ATTACHMENTS, sha256_file
+from tasks.deepshap.stage import explain_model
+from tasks.steps.load import load_data
+from tasks.run.provenance import environment
+from tasks.report.build import render_report
+from tasks.steps.train import train_model
 
 
 def run_once(out, seed: int = 0) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.artifacts import sha256_file
+from tasks.run.artifacts import sha256_file
 from tests.conftest import write_imagefolder
 
 

@@ -8,14 +8,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.errors import InputError
+from tasks.run.errors import InputError
 from tests.conftest import task_runs
 
 
 @pytest.fixture(scope="module")
 def trained_cnn(tmp_path_factory):
-    from tasks.load import load_data
-    from tasks.train import train_model
+    from tasks.steps.load import load_data
+    from tasks.steps.train import train_model
     from tests.conftest import write_cifar10
 
     root = tmp_path_factory.mktemp("dask")
@@ -29,7 +29,7 @@ def trained_cnn(tmp_path_factory):
 
 def workers(run_dir: Path) -> set[str]:
     """host:pid of every process that computed a shard of the run (what the report's section 7 lists)."""
-    from tasks.explain import shard_workers
+    from tasks.deepshap.stage import shard_workers
 
     return {w["worker"] for w in shard_workers(run_dir)}
 
@@ -39,7 +39,7 @@ def test_shards_on_a_two_worker_dask_cluster_equal_the_in_process_run(prefect_se
     import torch
 
     from flows.explain import explain_flow
-    from tasks.explain import read_shap_values
+    from tasks.deepshap.stage import read_shap_values
 
     threads = torch.get_num_threads()
     here = explain_flow(**trained_cnn, run_dir=str(tmp_path / "here"))
@@ -68,7 +68,7 @@ def test_shards_on_a_two_worker_dask_cluster_equal_the_in_process_run(prefect_se
 
 
 def test_merge_refuses_shards_that_do_not_cover_the_plan(trained_cnn, tmp_path):
-    from tasks.explain import explain_shard, merge_shards, plan_explanation, restoring_torch_threads
+    from tasks.deepshap.stage import explain_shard, merge_shards, plan_explanation, restoring_torch_threads
 
     args = {k: v for k, v in trained_cnn.items() if k != "shard_size"}
     planned = plan_explanation(**args, run_dir=tmp_path, shard_size=3)

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from tasks.datasets import load_dataset
-from tasks.errors import InputError
+from tasks.run.errors import InputError
 from tests.conftest import CIFAR_CLASSES, write_cifar10, write_imagefolder
 
 

@@ -6,8 +6,8 @@ import shap
 import torch
 from torch import nn
 
-from tasks.deep_shap import DeepShapEngine, UnsupportedModelError
-from tasks.model import CNNConfig, build_reference_cnn, probabilities
+from tasks.deepshap.engine import DeepShapEngine, UnsupportedModelError
+from tasks.model.reference import CNNConfig, build_reference_cnn, probabilities
 
 
 def settle_batchnorm(model: nn.Module, shape: tuple[int, ...]) -> nn.Module:

@@ -6,10 +6,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tasks.errors import InputError
-from tasks.explain import explain_model, select_background, select_images, shap_deep_explainer
-from tasks.load import load_data, read_split
-from tasks.train import train_model
+from tasks.run.errors import InputError
+from tasks.deepshap.stage import explain_model, select_background, select_images, shap_deep_explainer
+from tasks.steps.load import load_data, read_split
+from tasks.steps.train import train_model
 
 
 def test_selection_covers_every_class_and_includes_mistakes():

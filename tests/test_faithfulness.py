@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from tasks.explain import background_images, explain_model
-from tasks.faithfulness import (cascading_randomisation, curve_areas, deep_shap_explainer, deletion_insertion,
+from tasks.deepshap.stage import background_images, explain_model
+from tasks.techniques.faithfulness import (cascading_randomisation, curve_areas, deep_shap_explainer, deletion_insertion,
                                 randomisation_verdict)
-from tasks.load import load_data, read_split
-from tasks.model import load_weights
-from tasks.train import predict_proba, train_model
+from tasks.steps.load import load_data, read_split
+from tasks.model.reference import load_weights
+from tasks.steps.train import predict_proba, train_model
 
 
 def trained_run(tmp_path, dataset: str, epochs: int):

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from pypdf import PdfReader
 
-from tasks.artifacts import sha256_file
+from tasks.run.artifacts import sha256_file
 from tests.conftest import subflow_run, task_runs
 
 SECTIONS = ("Model compliance report", "1. Purpose and use", "Summary", "Model card", "2. Design and data",
@@ -65,7 +65,7 @@ def test_flow_writes_a_complete_run_directory(flow_result):
     assert list((run_dir / ".prefect-results").iterdir())
     for rel, info in manifest["files"].items():
         assert sha256_file(run_dir / rel) == info["sha256"], rel
-    from tasks.verify import verify_run
+    from tasks.run.verify import verify_run
 
     assert verify_run(run_dir) == []
     assert manifest["flow_run"]["id"] and manifest["parameters"]["epochs"] == 1
@@ -129,7 +129,7 @@ def test_a_breast_cancer_report_has_every_technique_for_tables(table_flow_result
         assert (run_dir / name).is_file(), name
     importance = pq.read_table(run_dir / "analysis" / "permutation_importance.parquet").to_pandas()
     assert sorted(importance["name"]) == sorted(load_breast_cancer().feature_names)
-    from tasks.verify import verify_run
+    from tasks.run.verify import verify_run
 
     assert verify_run(run_dir) == []
 

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from pypdf import PdfReader
 
 from tasks.datasets import load_dataset
-from tasks.errors import InputError
-from tasks.load import load_data
-from tasks.render import RunFilesFetcher, render_pdf
+from tasks.run.errors import InputError
+from tasks.steps.load import load_data
+from tasks.report.render import RunFilesFetcher, render_pdf
 
 FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

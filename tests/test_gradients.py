@@ -3,7 +3,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
-from tasks.gradients import gradient_attributions, integrated_gradients, saliency
+from tasks.techniques.gradients import gradient_attributions, integrated_gradients, saliency
 
 
 def test_linear_model_known_answers():
@@ -21,9 +21,9 @@ def test_linear_model_known_answers():
 
 
 def test_gradients_step_writes_complete_ig_for_the_explained_images(tmp_path):
-    from tasks.explain import explain_model
-    from tasks.load import load_data
-    from tasks.train import train_model
+    from tasks.deepshap.stage import explain_model
+    from tasks.steps.load import load_data
+    from tasks.steps.train import train_model
     from tests.conftest import write_imagefolder
 
     root = write_imagefolder(tmp_path / "images", {"a": 10, "b": 10, "c": 10})

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from tasks.inspect_weights import first_conv_filters, weight_histograms, write_weight_statistics
+from tasks.techniques.weights import first_conv_filters, weight_histograms, write_weight_statistics
 
 
 def test_statistics_have_known_answers(tmp_path):
@@ -27,7 +27,7 @@ def test_statistics_have_known_answers(tmp_path):
 
 
 def test_figures_are_png(tmp_path):
-    from tasks.model import CNNConfig, build_reference_cnn
+    from tasks.model.reference import CNNConfig, build_reference_cnn
 
     model = build_reference_cnn(CNNConfig(in_channels=3, num_classes=4))
     for path in (weight_histograms(model, tmp_path / "h.png"), first_conv_filters(model, tmp_path / "f.png")):

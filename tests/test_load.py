@@ -5,9 +5,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.artifacts import sha256_file
-from tasks.errors import InputError
-from tasks.load import load_data, read_split
+from tasks.run.artifacts import sha256_file
+from tasks.run.errors import InputError
+from tasks.steps.load import load_data, read_split
 
 
 def test_splits_are_stratified_seeded_parquet_with_documented_schema(imagefolder_dir, tmp_path):

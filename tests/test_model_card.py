@@ -2,9 +2,9 @@
 
 import pytest
 
-from tasks.config import RunConfig
-from tasks.errors import InputError
-from tasks.model_card import FIELDS, NOT_PROVIDED, read_model_card, store_model_card
+from tasks.run.config import RunConfig
+from tasks.run.errors import InputError
+from tasks.steps.model_card import FIELDS, NOT_PROVIDED, read_model_card, store_model_card
 
 
 def test_fields_are_read_and_missing_ones_are_not_provided(tmp_path):

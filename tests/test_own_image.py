@@ -6,11 +6,11 @@ import pytest
 from PIL import Image
 from pypdf import PdfReader
 
-from tasks.errors import InputError
-from tasks.explain import explain_model
-from tasks.load import load_data
-from tasks.own_image import explain_image
-from tasks.train import train_model
+from tasks.run.errors import InputError
+from tasks.deepshap.stage import explain_model
+from tasks.steps.load import load_data
+from tasks.report.own_image import explain_image
+from tasks.steps.train import train_model
 from tests.conftest import write_imagefolder
 
 

@@ -6,13 +6,13 @@ import pytest
 from pypdf import PdfReader
 from weasyprint import CSS, HTML
 
-from tasks.artifacts import ATTACHMENTS
-from tasks.explain import explain_model
-from tasks.load import load_data
-from tasks.provenance import environment
-from tasks.render import RunFilesFetcher, template_environment
-from tasks.report import render_report
-from tasks.train import train_model
+from tasks.run.artifacts import ATTACHMENTS
+from tasks.deepshap.stage import explain_model
+from tasks.steps.load import load_data
+from tasks.run.provenance import environment
+from tasks.report.render import RunFilesFetcher, template_environment
+from tasks.report.build import render_report
+from tasks.steps.train import train_model
 from tests.conftest import write_cifar10
 
 HOSTILE = ['<img src="file:///etc/passwd">', "x{background:url(file:///etc/hostname)}", "<b>bold</b> & co"]
@@ -151,7 +151,7 @@ def test_rendering_opens_no_file_outside_the_run_except_code_and_templates(tmp_p
 
     from PIL import Image
 
-    from tasks.render import TEMPLATES_DIR, render_pdf
+    from tasks.report.render import TEMPLATES_DIR, render_pdf
 
     global _OPENED
     run_dir = tmp_path / "run"

@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from safetensors import safe_open
 
-from tasks.artifacts import sha256_file
-from tasks.errors import InputError
-from tasks.resume import RUN_RECORD, resumable_parameters
+from tasks.run.artifacts import sha256_file
+from tasks.run.errors import InputError
+from tasks.run.resume import RUN_RECORD, resumable_parameters
 from tests.conftest import subflow_run, task_runs
 
 PARAMS = ["--dataset", "breast-cancer", "--epochs", "2", "--background", "30", "--explain", "6", "--shard-size", "2"]
@@ -93,7 +93,7 @@ def test_killed_run_resumes_with_cached_steps_and_matches_an_uninterrupted_one(u
         assert "Cached" in shap["explain-shard"] and set(shap["explain-shard"]) <= {"Cached", "Completed"}
     else:
         assert set(shap["explain-shard"]) == {"Cached"} and shap["explain-merge"] == ["Cached"]
-    from tasks.verify import verify_run
+    from tasks.run.verify import verify_run
 
     assert verify_run(run_dir) == []
     for rel in COMPARED:

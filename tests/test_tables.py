@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from tasks.datasets import load_dataset
-from tasks.errors import InputError
-from tasks.load import load_data, read_split
-from tasks.model import load_weights
-from tasks.train import reference_model, train_model
+from tasks.run.errors import InputError
+from tasks.steps.load import load_data, read_split
+from tasks.model.reference import load_weights
+from tasks.steps.train import reference_model, train_model
 
 
 def write_table(path, frame: pd.DataFrame):

@@ -7,17 +7,17 @@ import torch
 from sklearn.inspection import permutation_importance as sklearn_permutation_importance
 from torch import nn
 
-from tasks.agreement import THRESHOLD, agreement_table, flagged_rows, rank_agreement
-from tasks.deep_shap import DeepShapEngine
-from tasks.feature_groups import feature_columns, image_channels, image_regions
-from tasks.gradients import integrated_gradients
-from tasks.kernel_shap import kernel_shap_patches, kernel_shap_tabular
-from tasks.lime_explain import lime_images, lime_tabular
-from tasks.load import Split
-from tasks.partial_dependence import TorchClassifier, pd_curves
-from tasks.permutation import grouped_permutation_importance
-from tasks.slices import slice_table
-from tasks.train import predict_proba
+from tasks.techniques.agreement import THRESHOLD, agreement_table, flagged_rows, rank_agreement
+from tasks.deepshap.engine import DeepShapEngine
+from tasks.techniques.groups import feature_columns, image_channels, image_regions
+from tasks.techniques.gradients import integrated_gradients
+from tasks.techniques.kernel_shap import kernel_shap_patches, kernel_shap_tabular
+from tasks.techniques.lime_surrogates import lime_images, lime_tabular
+from tasks.steps.load import Split
+from tasks.techniques.partial_dependence import TorchClassifier, pd_curves
+from tasks.techniques.permutation import grouped_permutation_importance
+from tasks.techniques.slices import slice_table
+from tasks.steps.train import predict_proba
 
 
 def linear_model(weights: list[list[float]]) -> nn.Sequential:

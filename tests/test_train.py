@@ -4,11 +4,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tasks.artifacts import sha256_file
-from tasks.errors import InputError
-from tasks.load import load_data, read_split
-from tasks.model import CNNConfig, build_reference_cnn, load_weights, probabilities
-from tasks.train import predict_logits, train_model
+from tasks.run.artifacts import sha256_file
+from tasks.run.errors import InputError
+from tasks.steps.load import load_data, read_split
+from tasks.model.reference import CNNConfig, build_reference_cnn, load_weights, probabilities
+from tasks.steps.train import predict_logits, train_model
 
 
 def test_reference_cnn_shape_and_layers():

@@ -4,10 +4,10 @@ import sys
 
 import pytest
 
-from tasks.artifacts import ATTACHMENTS, PRE_MANIFEST_NAME, write_manifest
-from tasks.render import render_pdf
-from tasks.errors import InputError
-from tasks.verify import verify_run
+from tasks.run.artifacts import ATTACHMENTS, PRE_MANIFEST_NAME, write_manifest
+from tasks.report.render import render_pdf
+from tasks.run.errors import InputError
+from tasks.run.verify import verify_run
 
 
 @pytest.fixture

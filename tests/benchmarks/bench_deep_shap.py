@@ -47,7 +47,7 @@ def build(seed: int, n_background: int, n_images: int):
     logits for every image, where DeepLIFT's near-zero cut-offs decide and nothing is compared)."""
     import torch
 
-    from tasks.model import CNNConfig, build_reference_cnn, probabilities
+    from tasks.model.reference import CNNConfig, build_reference_cnn, probabilities
 
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed + 1)
@@ -79,7 +79,7 @@ def run_method(method: str, args: argparse.Namespace, out_dir: str, queue: mp.Qu
         values = shap.DeepExplainer(model, background).shap_values(images, check_additivity=False)
         values = np.moveaxis(np.asarray(values), -1, 1)
     elif method == "engine":
-        from tasks.deep_shap import DeepShapEngine
+        from tasks.deepshap.engine import DeepShapEngine
 
         values = DeepShapEngine(model, background).shap_values(images)
     else:  # floor
@@ -145,7 +145,7 @@ def main() -> None:
     model64, background64, images64 = model.double(), background.double(), images[:4].double()
     import shap
 
-    from tasks.deep_shap import DeepShapEngine
+    from tasks.deepshap.engine import DeepShapEngine
 
     ours64 = DeepShapEngine(model64, background64).shap_values(images64).astype(np.float64)
     ref64 = np.moveaxis(np.asarray(shap.DeepExplainer(model64, background64).shap_values(

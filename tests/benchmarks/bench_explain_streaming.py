@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 def explain_in_child(run_dir: str, n_images: int, queue: mp.Queue) -> None:
-    from tasks.explain import explain_model
+    from tasks.deepshap.stage import explain_model
 
     run = Path(run_dir)
     start = time.perf_counter()
@@ -35,9 +35,9 @@ def prepare(run_dir: Path, n_images: int) -> None:
     import torch
 
     from bench_deep_shap import build, synthetic_images
-    from tasks.artifacts import write_parquet_atomic
-    from tasks.load import split_table
-    from tasks.model import CNNConfig, save_weights
+    from tasks.run.artifacts import write_parquet_atomic
+    from tasks.steps.load import split_table
+    from tasks.model.reference import CNNConfig, save_weights
 
     model, background, _ = build(0, 256, 1)
     images, labels = synthetic_images(n_images, torch.Generator().manual_seed(7))

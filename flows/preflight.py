@@ -1,0 +1,56 @@
+"""Every check that reads the file system or the environment, once, before any work: for the CLI (before
+Prefect starts) and for deployed runs (at the start of the flow) alike.
+
+`RunConfig` (tasks/run/config.py) checks the values; this checks what they name: the dataset's
+directory or file, the model card, the run to compare with (of the same dataset, intact), the run
+to resume (unfinished, started with these parameters), the output directory, and the Dask options.
+A check that passed in this process is not repeated (the CLI's check is the flow's).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from flows.deepshap import check_dask_options
+from tasks.data.specs import check_dataset_source
+from tasks.run.config import RunConfig
+from tasks.run.errors import InputError
+from tasks.run.resume import resumable_parameters
+from tasks.steps.compare import check_previous_run
+from tasks.steps.model_card import read_model_card
+
+
+_PASSED: dict[tuple, RunConfig] = {}  # (config, Dask options) -> the checked config, for configs given and returned
+
+
+def preflight(config: RunConfig, dask_address: str | None = None, dask_workers: int = 0) -> RunConfig:
+    """`config` with its paths resolved, or InputError naming what cannot work."""
+    key = (config, dask_address, dask_workers)
+    if key not in _PASSED:
+        checked = _check(config, dask_address, dask_workers)
+        _PASSED[key] = _PASSED[(checked, dask_address, dask_workers)] = checked
+    return _PASSED[key]
+
+
+def _check(config: RunConfig, dask_address: str | None, dask_workers: int) -> RunConfig:
+    check_dask_options(dask_address, dask_workers)
+    check_dataset_source(config.dataset, config.label)
+    out = config.out.expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a directory")
+    resolved = {"out": out}
+    if config.model_card is not None:
+        resolved["model_card"] = config.model_card.expanduser().resolve()
+        read_model_card(resolved["model_card"])
+    if config.compare is not None:
+        resolved["compare"] = check_previous_run(config.compare, config.dataset)
+    if config.resume is not None:
+        resolved["resume"] = Path(config.resume).expanduser().resolve()
+        recorded = resumable_parameters(resolved["resume"])
+        mine = {k: v for k, v in replace(config, **resolved).to_json().items() if k != "resume"}
+        differing = sorted(k for k in mine if k in recorded and recorded[k] != mine[k])
+        if differing:
+            raise InputError(f"--resume {resolved['resume']}: it was started with other {', '.join(differing)}; "
+                             "resume it with its recorded parameters (run.json)")
+    return replace(config, **resolved)

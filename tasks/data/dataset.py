@@ -1,0 +1,66 @@
+"""The one in-memory form every dataset source is read into, and the checks every dataset must pass."""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tasks.run.errors import InputError
+
+
+@dataclass
+class Dataset:
+    """A whole dataset in memory: images channel-first in [0, 1], or table rows of numeric features."""
+
+    name: str  # the spec it was read from
+    inputs: np.ndarray  # (n, C, H, W) images or (n, n_features) rows, float32
+    labels: np.ndarray  # (n,) int64, indices into class_names
+    source_ids: list[str]  # where each row came from, e.g. "cifar10:data_batch_1:17"
+    class_names: list[str]
+    provenance: dict = field(default_factory=dict)  # facts for the report: source, input files' SHA-256
+
+    modality: str = "image"  # image | table
+    feature_names: list[str] = field(default_factory=list)  # tables: one per column of `inputs`
+
+
+def validate_dataset(dataset: Dataset) -> None:
+    """Refuse data the pipeline cannot train and validate on."""
+    n = len(dataset.labels)
+    if n == 0:
+        raise InputError(f"dataset {dataset.name} is empty")
+    ndim = 4 if dataset.modality == "image" else 2
+    if dataset.inputs.ndim != ndim or dataset.inputs.shape[0] != n:
+        raise InputError(f"dataset {dataset.name}: inputs must have {ndim} dimensions, got {dataset.inputs.shape}")
+    if not np.isfinite(dataset.inputs).all():
+        raise InputError(f"dataset {dataset.name} has NaN or infinite input values")
+    k = len(dataset.class_names)
+    invisible = [name for name in dataset.class_names if not any(_visible(ch) for ch in name)]
+    if invisible:
+        raise InputError(f"dataset {dataset.name}: class names {invisible[:5]} have no visible character; "
+                         "a report could not show them")
+    if dataset.labels.min() < 0 or dataset.labels.max() >= k:
+        raise InputError(f"dataset {dataset.name} has labels outside 0..{k - 1}")
+    counts = np.bincount(dataset.labels, minlength=k)
+    present = int((counts > 0).sum())
+    if present < 2:
+        raise InputError(f"dataset {dataset.name} has a single class; a classifier needs at least two")
+    if counts.min() < 2:
+        sparse = [dataset.class_names[i] for i in np.flatnonzero(counts < 2)]
+        more = f" and {len(sparse) - 5} more" if len(sparse) > 5 else ""
+        raise InputError(
+            f"dataset {dataset.name}: classes {sparse[:5]}{more} have fewer than 2 rows, "
+            "too few to split into training and validation"
+        )
+
+
+def _visible(ch: str) -> bool:
+    """A character that prints something (not a space, control, format or unassigned code point)."""
+    return unicodedata.category(ch)[0] not in "ZC"
+
+
+def require_rows(option: str, wanted: int, split: str, available: int) -> None:
+    """Refuse a step's request for more rows than its split holds (e.g. --explain against validation)."""
+    if wanted > available:
+        raise InputError(f"--{option} {wanted} is larger than the {split} split ({available} rows)")

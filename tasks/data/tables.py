@@ -1,0 +1,147 @@
+"""Tabular dataset sources: scikit-learn's breast-cancer set, and the user's CSV or Parquet files.
+
+A table file holds one row per example: numeric feature columns and one label column
+(``--label COLUMN``, any type; its distinct values become the class names). Untrusted
+files are validated (pyarrow's full validation), and anything the model cannot take,
+such as missing, NaN or infinite values, non-numeric features or a label with too many
+distinct values, is refused with the file and the columns named.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from tasks.data.dataset import Dataset
+from tasks.run.artifacts import sha256_file
+from tasks.run.errors import InputError
+
+MAX_CLASSES = 100  # more distinct labels than this looks like a continuous target, not classes
+MAX_NAMES_SHOWN = 5  # columns named in one error message
+
+
+def load_breast_cancer() -> Dataset:
+    """scikit-learn's Wisconsin breast-cancer set: 569 rows, 30 numeric features, malignant/benign."""
+    from sklearn.datasets import load_breast_cancer as sklearn_breast_cancer
+
+    data = sklearn_breast_cancer()
+    return Dataset(
+        name="breast-cancer",
+        inputs=data.data.astype(np.float32),
+        labels=data.target.astype(np.int64),
+        source_ids=[f"breast-cancer:{i}" for i in range(len(data.target))],
+        class_names=[str(name) for name in data.target_names],
+        provenance={"source": "scikit-learn load_breast_cancer (UCI Breast Cancer Wisconsin, diagnostic)"},
+        modality="table",
+        feature_names=[str(name) for name in data.feature_names],
+    )
+
+
+def load_table_file(kind: str, path: Path, label: str) -> Dataset:
+    """Read a CSV or Parquet file of numeric features and a label column into a `Dataset`."""
+    table = _read_csv(path) if kind == "csv" else _read_parquet(path)
+    dataset = table_to_dataset(table, label, f"{kind}:{path}", path.name)
+    dataset.provenance["input_sha256"] = {path.name: sha256_file(path)}
+    return dataset
+
+
+def table_to_dataset(table: pa.Table, label: str, name: str, source: str) -> Dataset:
+    """Check a table's columns and values, and turn it into features, labels and class names."""
+    columns = table.column_names
+    if len(set(columns)) != len(columns):
+        repeated = sorted({c for c in columns if columns.count(c) > 1})
+        raise InputError(f"{name}: repeated column names {_shown(repeated)}")
+    if label not in columns:
+        raise InputError(f"{name}: no label column {label!r}; the columns are {_shown(columns)}")
+    if table.num_rows == 0:
+        raise InputError(f"{name} is empty: no rows")
+    features = [c for c in columns if c != label]
+    if not features:
+        raise InputError(f"{name}: no feature columns besides the label {label!r}")
+    not_numeric = [f"{c!r} ({table.schema.field(c).type})" for c in features
+                   if not _is_numeric(table.schema.field(c).type)]
+    if not_numeric:
+        raise InputError(f"{name}: feature columns must be numeric; not numeric: {_shown(not_numeric, quote=False)}")
+    missing = [f"{c!r} ({table.column(c).null_count} rows)" for c in features + [label] if table.column(c).null_count]
+    if missing:
+        raise InputError(f"{name}: missing values in {_shown(missing, quote=False)}")
+    inputs = np.column_stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in features])
+    bad = ~np.isfinite(inputs)
+    if bad.any():
+        named = [f"{features[j]!r} ({int(bad[:, j].sum())} rows)" for j in np.flatnonzero(bad.any(0))]
+        raise InputError(f"{name}: NaN or infinite values in {_shown(named, quote=False)}")
+    too_big = np.abs(inputs) > np.finfo(np.float32).max
+    if too_big.any():
+        named = [features[j] for j in np.flatnonzero(too_big.any(0))]
+        raise InputError(f"{name}: values beyond float32 range in {_shown(named)}")
+    labels, class_names = _encode_labels(table.column(label), name, label)
+    return Dataset(
+        name=name,
+        inputs=inputs.astype(np.float32),
+        labels=labels,
+        source_ids=[f"{source}:row {i}" for i in range(table.num_rows)],
+        class_names=class_names,
+        provenance={"source": f"{name}, label column {label!r}", "rows": table.num_rows},
+        modality="table",
+        feature_names=features,
+    )
+
+
+def _read_csv(path: Path) -> pa.Table:
+    try:
+        return pa_csv.read_csv(path)
+    except (OSError, pa.ArrowException, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not a readable CSV file: {_first_line(exc)}") from None
+
+
+def _read_parquet(path: Path) -> pa.Table:
+    try:
+        table = pq.read_table(path)
+        table.validate(full=True)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{path}: not a readable Parquet file: {_first_line(exc)}") from None
+    return table
+
+
+def _is_numeric(kind: pa.DataType) -> bool:
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+
+
+def _encode_labels(column: pa.ChunkedArray, name: str, label: str) -> tuple[np.ndarray, list[str]]:
+    """Class indices and names; numeric labels are ordered by value, others by their text."""
+    kind = column.type
+    if pa.types.is_floating(kind):
+        values = column.to_numpy(zero_copy_only=False)
+        if not np.isfinite(values).all():
+            raise InputError(f"{name}: label column {label!r} has NaN or infinite values")
+    if not (_is_numeric(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind)
+            or pa.types.is_dictionary(kind)):
+        raise InputError(f"{name}: label column {label!r} has type {kind}; use numbers or text")
+    distinct = pc.unique(column.combine_chunks()).to_pylist()
+    if len(distinct) > min(MAX_CLASSES, len(column) // 2):
+        raise InputError(f"{name}: label column {label!r} has {len(distinct)} distinct values in {len(column)} rows: "
+                         "too many classes (a continuous target?)")
+    ordered = sorted(distinct, key=lambda v: (isinstance(v, str), v))
+    index = {value: i for i, value in enumerate(ordered)}
+    labels = np.array([index[v] for v in column.to_pylist()], dtype=np.int64)
+    return labels, [_class_name(v) for v in ordered]
+
+
+def _class_name(value) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _shown(names: list[str], quote: bool = True) -> str:
+    more = f" and {len(names) - MAX_NAMES_SHOWN} more" if len(names) > MAX_NAMES_SHOWN else ""
+    return ", ".join(repr(n) if quote else n for n in names[:MAX_NAMES_SHOWN]) + more
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -1,0 +1,177 @@
+"""The report step: figures and a PDF compliance report from the run's files, then the manifest.
+
+The technique sections come from the registry (tasks/techniques/registry.py), each from its step's
+result; every verdict comes from the run's one list of checks (tasks/run/checks.py), which also
+makes the summary's warnings, the table of checks, Limitations and the manifest's `checks`.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tasks.deepshap.stage import shard_workers
+from tasks.model.reference import load_weights
+from tasks.report import figures
+from tasks.report.narrative import (describe_mistake, describe_table_mistake, feature_summary, model_description,
+                                    reason_codes)
+from tasks.report.render import RunFilesFetcher, render_pdf
+from tasks.report.sections import ReportData, comparison_section
+from tasks.run import layout
+from tasks.run.artifacts import build_manifest, write_json_atomic, write_manifest
+from tasks.run.checks import Check, failed
+from tasks.run.checks import limitations as check_limitations
+from tasks.run.formats import file_ref, read_shap_values, read_split
+from tasks.steps.model_card import store_model_card
+from tasks.techniques.registry import TECHNIQUES
+
+MAX_SAMPLE_IMAGES = 8
+CORE_RESULTS = ("deepshap", "compare")  # results besides the techniques' that carry checks
+
+
+def run_checks(results: dict) -> list[Check]:
+    """Every check the run's steps made, in the order the report shows the steps."""
+    order = ["deepshap", *(t.name for t in TECHNIQUES), "compare"]
+    return [Check.from_json(c) for name in order if name in results for c in results[name].get("checks", [])]
+
+
+def case_studies(data: ReportData, expected: list[float]) -> list[dict]:
+    """Each explained row: its DeepSHAP figure, reason codes (tables) and, when misclassified, a narrative."""
+    names, val, is_table = data.names, data.validation, data.modality == "table"
+    cases = []
+    for row, x in zip(data.explained.itertuples(index=False), val.rows_of(data.explained["source_id"])):
+        probs = np.asarray(row.probabilities)
+        values = data.values[row.position]
+        path = data.figure(f"shap_{row.position:04d}.png")
+        if is_table:
+            title = f"{row.source_id}: SHAP values for '{names[row.predicted]}' ({probs[row.predicted]:.2f})"
+            figures.feature_bars(values[row.predicted], val.feature_names, title, path)
+        else:
+            titles = [f"{name[:12]} {probs[k]:.2f}" for k, name in enumerate(names)]
+            heading = f"true {names[row.label][:12]}\npred {names[row.predicted][:12]}"
+            figures.shap_image_plot(x, values, titles, path, heading)
+        case = {"position": row.position, "source_id": row.source_id, "true": names[row.label],
+                "predicted": names[row.predicted], "confidence": float(row.confidence),
+                "correct": row.label == row.predicted, "additivity_error": float(row.additivity_error),
+                "figure": data.rel(path),
+                "reasons": reason_codes(values[row.predicted], x, val.feature_names) if is_table else []}
+        if not case["correct"]:
+            case["narrative"] = (
+                describe_table_mistake(values, x, row.label, row.predicted, names, probs, val.feature_names)
+                if is_table else describe_mistake(values, row.label, row.predicted, names, probs, expected))
+        cases.append(case)
+    return cases
+
+
+def render_report(run_dir: Path, results: dict, params: dict, environment: dict, flow_run: dict,
+                  timings: dict | None = None, fetcher: RunFilesFetcher | None = None) -> dict:
+    """Make the figures, render ``report.pdf`` and write ``manifest.json``; return their `file_ref`s.
+
+    `results` holds each step's result by name: "load", "train", "deepshap", the registry's
+    techniques, "model-card" and "compare"; a technique without a result leaves its section out.
+    `timings` (step name -> wall seconds) goes to section 7 and the manifest. `fetcher` (default:
+    a fresh one for `run_dir`) is the only way the renderer reads files.
+    """
+    run_dir = Path(run_dir)
+    load, train, shap = results["load"], results["train"], results["deepshap"]
+    model, model_config, training = load_weights(layout.path(run_dir, "weights"))
+    values, values_meta = read_shap_values(layout.path(run_dir, "shap_values"))
+    expected = json.loads(values_meta["accountability.expected_values"])
+    data = ReportData(run_dir, read_split(layout.path(run_dir, "train")), read_split(layout.path(run_dir, "validation")),
+                      pd.read_parquet(layout.path(run_dir, "explained")), values, model)
+    names, is_table = data.names, data.modality == "table"
+    metrics = pd.read_parquet(layout.path(run_dir, "metrics"))
+    per_class = pd.read_parquet(layout.path(run_dir, "metrics_per_class"))
+    val_pred = pd.read_parquet(layout.path(run_dir, "predictions"))["predicted"].to_numpy()  # validation order
+    errors = data.explained["additivity_error"].to_numpy()
+    checks = run_checks(results)
+    additivity = next(c for c in checks if c.id == "deepshap.additivity")
+
+    samples = None if is_table else figures.sample_grid(data.train.inputs, data.train.labels, names,
+                                                        data.figure("samples.png"), MAX_SAMPLE_IMAGES)
+    shown = [t for t in TECHNIQUES if t.name in results or (t.step is None and data.modality in t.modalities)]
+    last_val = per_class[(per_class["split"] == "validation") & (per_class["epoch"] == per_class["epoch"].max())]
+    final = train["final_validation"]
+    model_card = results.get("model-card") or store_model_card(None, run_dir)
+    cases = case_studies(data, expected)
+    context = {
+        "title": {"model": model_description(model_config), "dataset": load["dataset"], "run_id": run_dir.name,
+                  "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                  "flow_run_id": flow_run.get("id") or "not run under Prefect"},
+        "summary": {
+            "accuracy": final["accuracy"], "f1_macro": final["f1_macro"], "n_classes": len(names),
+            "n_train": int(sum(load["class_counts"]["train"])),
+            "n_validation": int(sum(load["class_counts"]["validation"])),
+            "epochs": params["epochs"], "n_explained": len(cases),
+            "n_misclassified": sum(not c["correct"] for c in cases),
+            "engine": shap["engine"], "device": shap["device"], "background": params["background"],
+            "weakest_class": last_val.sort_values("f1").iloc[0]["class_name"],
+        },
+        "data": {
+            "classes": [{"name": n, "train": t, "validation": v} for n, t, v in
+                        zip(names, load["class_counts"]["train"], load["class_counts"]["validation"])],
+            "input_shape": load["input_shape"], "provenance": load["provenance"],
+            "samples": data.rel(samples) if samples else None,
+            "features": feature_summary(data.train) if is_table else [],
+        },
+        "training": {
+            "curves": data.rel(figures.training_curves(metrics, data.figure("training_curves.png"))),
+            "epochs": metrics.pivot(index="epoch", columns="split", values=["loss", "accuracy"]).reset_index()
+                             .to_dict("records"),
+            "settings": training,
+        },
+        "validation": {
+            "classes": last_val.to_dict("records"), "final": final,
+            "confusion": data.rel(figures.confusion_matrix(data.validation.labels, val_pred, names,
+                                                           data.figure("confusion_matrix.png"))),
+        },
+        "cases": cases,
+        "techniques": [{"name": t.name, "title": t.title, "partial": t.partial, "place": t.place} for t in shown],
+        "sections": {t.name: t.section(data, results.get(t.name)) for t in shown},
+        "comparison": comparison_section(results.get("compare")),
+        "model_card": model_card,
+        "quality": {
+            "max": float(errors.max()), "mean": float(errors.mean()), "threshold": additivity.threshold,
+            "over": int((errors > additivity.threshold).sum()), "expected": expected,
+            "histogram": data.rel(figures.additivity_histogram(errors, additivity.threshold,
+                                                               data.figure("additivity.png"))),
+        },
+        "checks": [c.to_json() for c in checks],
+        "failed_checks": [c.to_json() for c in failed(checks)],
+        "check": {c.id: c.to_json() for c in checks},
+        "limitations": model_card_limitations(model_card) + check_limitations(checks),
+        "appendix": {
+            "parameters": params, "environment": environment, "flow_run": flow_run,
+            "attachments": {layout.FILES[key]: text for key, text in layout.ATTACHMENTS.items()},
+            "shard_workers": shard_workers(run_dir), "timings": timings or {},
+        },
+        "class_names": names,
+        "modality": data.modality,
+    }
+    extra = {"parameters": params, "flow_run": flow_run, "checks": context["checks"], "step_seconds": timings or {}}
+    # Every file so far (figures included), hashed: the PDF embeds this list; manifest.json, written
+    # after the PDF, adds the PDF itself.
+    pre_manifest = build_manifest(run_dir, extra, exclude=tuple(layout.FILES[k] for k in ("manifest", "artifacts",
+                                                                                          "report")))
+    write_json_atomic(layout.path(run_dir, "artifacts"), pre_manifest)
+    context["appendix"]["artifacts"] = [{"path": p, **info} for p, info in pre_manifest["files"].items()]
+    pdf = render_pdf("report.html.j2", context, run_dir, layout.path(run_dir, "report"), fetcher=fetcher,
+                     attachments=context["appendix"]["attachments"])
+    manifest = write_manifest(run_dir, {**extra, "environment": environment})
+    return {"files": {"report": file_ref(pdf), "manifest": file_ref(manifest)},
+            "checks_failed": len(context["failed_checks"]), "n_checks": len(checks),
+            "limitations": len(context["limitations"])}
+
+
+def model_card_limitations(model_card: dict) -> list[str]:
+    """The limitations the model owner stated in the model card, as report lines."""
+    found = []
+    for field in model_card.get("fields", []):
+        if field["key"] == "limitations" and not field["missing"]:
+            value = field["value"]
+            found += [f"Stated by the model owner: {v}" for v in (value if isinstance(value, list) else [value])]
+    return found

@@ -1,0 +1,359 @@
+"""Figures for the report, written as PNG files into the run directory (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from shap.plots.colors import red_transparent_blue  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
+from torch import nn  # noqa: E402
+
+from tasks.run.artifacts import atomic_path  # noqa: E402
+
+DPI = 110
+
+
+def _save(fig: plt.Figure, path: Path, tight: bool = True) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight" if tight else None)
+    plt.close(fig)
+    return path
+
+
+def to_display(image: np.ndarray) -> np.ndarray:
+    """(C, H, W) in [0, 1] to what imshow takes: (H, W) for one channel, (H, W, 3) for RGB."""
+    return image[0] if image.shape[0] == 1 else np.transpose(image, (1, 2, 0))
+
+
+def sample_grid(images: np.ndarray, labels: np.ndarray, class_names: list[str], path: Path, per_class: int = 8) -> Path:
+    """A row of up to `per_class` training images for each class."""
+    n_classes = len(class_names)
+    fig, axes = plt.subplots(n_classes, per_class, figsize=(per_class * 0.8, n_classes * 0.85), squeeze=False)
+    for k, row in enumerate(axes):
+        idx = np.flatnonzero(labels == k)[:per_class]
+        for j, ax in enumerate(row):
+            ax.axis("off")
+            if j < len(idx):
+                ax.imshow(to_display(images[idx[j]]), cmap="gray", vmin=0, vmax=1)
+        row[0].set_title(class_names[k][:20], fontsize=7, loc="left")
+    return _save(fig, path)
+
+
+def training_curves(metrics: pd.DataFrame, path: Path) -> Path:
+    """Loss, accuracy and macro precision/recall per epoch, training against validation."""
+    fig, axes = plt.subplots(1, 3, figsize=(10, 2.8))
+    for split, style in (("train", "-o"), ("validation", "-s")):
+        rows = metrics[metrics["split"] == split]
+        axes[0].plot(rows["epoch"], rows["loss"], style, label=split, markersize=3)
+        axes[1].plot(rows["epoch"], rows["accuracy"], style, label=split, markersize=3)
+        axes[2].plot(rows["epoch"], rows["precision_macro"], style, label=f"precision ({split})", markersize=3)
+        axes[2].plot(rows["epoch"], rows["recall_macro"], style, label=f"recall ({split})", markersize=3, alpha=0.6)
+    for ax, title in zip(axes, ("cross-entropy loss", "accuracy", "macro precision / recall")):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str], path: Path) -> Path:
+    size = max(3.5, 0.45 * len(class_names) + 1.5)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ConfusionMatrixDisplay.from_predictions(
+        y_true, y_pred, labels=list(range(len(class_names))),
+        display_labels=[name[:14] for name in class_names], ax=ax, colorbar=False, cmap="Blues",
+    )
+    ax.set_title("validation confusion matrix", fontsize=9)
+    ax.tick_params(labelsize=7)
+    plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def shap_image_plot(image: np.ndarray, values: np.ndarray, titles: list[str], path: Path, heading: str) -> Path:
+    """shap's image plot for one image: the image, then one map per class on a shared red-blue scale.
+
+    values: (K, C, H, W); each map is the sum over channels, red pushes the class up, blue down.
+    """
+    maps = values.sum(1)  # (K, H, W)
+    limit = float(np.nanpercentile(np.abs(maps), 99.9)) or 1e-12
+    gray = image.mean(0)
+    fig, axes = plt.subplots(1, len(maps) + 1, figsize=(1.25 * (len(maps) + 1), 1.9), squeeze=False)
+    axes = axes[0]
+    axes[0].imshow(to_display(image), cmap="gray", vmin=0, vmax=1)
+    axes[0].set_title(heading, fontsize=6)
+    for ax, m, title in zip(axes[1:], maps, titles):
+        ax.imshow(gray, cmap="gray", alpha=0.15)
+        im = ax.imshow(m, cmap=red_transparent_blue, vmin=-limit, vmax=limit)
+        ax.set_title(title, fontsize=6)
+    for ax in axes:
+        ax.axis("off")
+    bar = fig.colorbar(im, ax=list(axes), orientation="horizontal", fraction=0.06, pad=0.04, aspect=60)
+    bar.set_label("SHAP value (red raises the class probability, blue lowers it)", fontsize=6)
+    bar.ax.tick_params(labelsize=5)
+    return _save(fig, path)
+
+
+def additivity_histogram(errors: np.ndarray, threshold: float, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(5, 2.2))
+    floor = 1e-12
+    ax.hist(np.log10(np.maximum(errors, floor)), bins=20, color="#4c72b0")
+    ax.axvline(np.log10(threshold), color="#c44e52", linestyle="--", label=f"threshold {threshold:g}")
+    ax.set_xlabel("log10 |sum of SHAP values - (output - expected output)|", fontsize=7)
+    ax.set_ylabel("images", fontsize=7)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def gradient_grid(images: np.ndarray, saliency: np.ndarray, ig: np.ndarray, titles: list[str], path: Path) -> Path:
+    """One row per image: the image, its saliency map and its Integrated Gradients map (summed over channels)."""
+    n = len(images)
+    fig, axes = plt.subplots(n, 3, figsize=(4.2, 1.35 * n), squeeze=False)
+    for row, image, sal, attr, title in zip(axes, images, saliency, ig, titles):
+        row[0].imshow(to_display(image), cmap="gray", vmin=0, vmax=1)
+        row[0].set_title(title, fontsize=6)
+        row[1].imshow(sal.max(0), cmap="magma")
+        row[1].set_title("saliency |grad|", fontsize=6)
+        attr_map = attr.sum(0)
+        limit = float(np.abs(attr_map).max()) or 1e-12
+        row[2].imshow(image.mean(0), cmap="gray", alpha=0.15)
+        row[2].imshow(attr_map, cmap=red_transparent_blue, vmin=-limit, vmax=limit)
+        row[2].set_title("integrated gradients", fontsize=6)
+        for ax in row:
+            ax.axis("off")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _signed_colors(values: np.ndarray) -> list[str]:
+    return ["#d62728" if v > 0 else "#1f77b4" for v in values]
+
+
+def importance_bars(table: pd.DataFrame, path: Path, title: str, top: int = 20) -> Path:
+    """Permutation importance: the mean accuracy drop per group with its 95% confidence interval."""
+    shown = table.sort_values("importance_mean", ascending=False).head(top)[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.25 * len(shown) + 0.9))
+    err = np.vstack([shown["importance_mean"] - shown["ci_low"], shown["ci_high"] - shown["importance_mean"]])
+    ax.barh([n[:40] for n in shown["name"]], shown["importance_mean"], xerr=err, color="#4c72b0",
+            error_kw={"elinewidth": 0.8, "capsize": 2})
+    ax.axvline(0, color="black", linewidth=0.6)
+    ax.set_xlabel("drop in validation accuracy when shuffled (mean, 95% CI)", fontsize=7)
+    ax.set_title(title, fontsize=8)
+    ax.tick_params(labelsize=6)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def pdp_ice(curves: pd.DataFrame, class_names: list[str], path: Path, max_ice: int = 60) -> Path:
+    """One panel per feature: ICE curves (thin) and the partial dependence (thick) of the class probability."""
+    features = list(dict.fromkeys(curves["feature"]))
+    fig, axes = plt.subplots(1, len(features), figsize=(2.6 * len(features), 2.5), squeeze=False)
+    for ax, feature in zip(axes[0], features):
+        rows = curves[curves["feature"] == feature]
+        classes = sorted(rows["class_index"].unique())
+        focus = classes[-1]
+        ice = rows[(rows["row"] >= 0) & (rows["class_index"] == focus)]
+        for _, curve in list(ice.groupby("row"))[:max_ice]:
+            ax.plot(curve["grid_value"], curve["probability"], color="#999999", linewidth=0.4, alpha=0.5)
+        for k in classes:
+            average = rows[(rows["row"] < 0) & (rows["class_index"] == k)]
+            ax.plot(average["grid_value"], average["probability"], linewidth=2,
+                    label=f"PD {class_names[k][:14]}" if len(classes) > 1 else "partial dependence")
+        ax.set_title(feature[:32], fontsize=7)
+        ax.set_xlabel("feature value", fontsize=6)
+        ax.set_ylabel(f"P({class_names[focus][:14]})" if len(classes) == 1 else "probability", fontsize=6)
+        ax.tick_params(labelsize=6)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=5)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def global_importance_bars(mean_abs: np.ndarray, feature_names: list[str], class_names: list[str], path: Path,
+                           top: int = 15) -> Path:
+    """Mean |SHAP| per feature, stacked by class, for the `top` features overall."""
+    order = np.argsort(-mean_abs.sum(0))[:top][::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.27 * len(order) + 1))
+    left = np.zeros(len(order))
+    for k, name in enumerate(class_names):
+        ax.barh([feature_names[i][:40] for i in order], mean_abs[k, order], left=left, label=name[:16])
+        left += mean_abs[k, order]
+    ax.set_xlabel("mean |SHAP value| over the explained rows (stacked by class)", fontsize=7)
+    ax.tick_params(labelsize=6)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def global_importance_maps(maps: np.ndarray, class_names: list[str], path: Path) -> Path:
+    """Mean |SHAP| per pixel (summed over channels), one map per class, on one scale."""
+    fig, axes = plt.subplots(1, len(maps), figsize=(1.2 * len(maps), 1.7), squeeze=False)
+    limit = float(maps.max()) or 1e-12
+    for ax, m, name in zip(axes[0], maps, class_names):
+        im = ax.imshow(m, cmap="viridis", vmin=0, vmax=limit)
+        ax.set_title(name[:12], fontsize=6)
+        ax.axis("off")
+    bar = fig.colorbar(im, ax=list(axes[0]), orientation="horizontal", fraction=0.06, pad=0.04, aspect=60)
+    bar.set_label("mean |SHAP value| per pixel", fontsize=6)
+    bar.ax.tick_params(labelsize=5)
+    return _save(fig, path)
+
+
+def feature_bars(values: np.ndarray, feature_names: list[str], title: str, path: Path, top: int = 10,
+                 xlabel: str = "SHAP value (red raises the class probability, blue lowers it)") -> Path:
+    """Signed attributions of one row's top `top` features by magnitude."""
+    order = np.argsort(-np.abs(values))[:top][::-1]
+    fig, ax = plt.subplots(figsize=(5.6, 0.22 * len(order) + 0.8))
+    ax.barh([feature_names[i][:40] for i in order], values[order], color=_signed_colors(values[order]))
+    ax.axvline(0, color="black", linewidth=0.6)
+    ax.set_title(title, fontsize=7)
+    ax.set_xlabel(xlabel, fontsize=6)
+    ax.tick_params(labelsize=6)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def attribution_heatmap(matrix: np.ndarray, row_labels: list[str], feature_names: list[str], path: Path,
+                        title: str, top: int = 15) -> Path:
+    """Rows x features of signed attributions (the `top` features by mean magnitude), red-blue."""
+    order = np.argsort(-np.abs(matrix).mean(0))[:top]
+    shown = matrix[:, order]
+    limit = float(np.abs(shown).max()) or 1e-12
+    fig, ax = plt.subplots(figsize=(7, 0.25 * len(row_labels) + 1.8))
+    im = ax.imshow(shown, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+    ax.set_xticks(range(len(order)), [feature_names[i][:24] for i in order], rotation=60, ha="right", fontsize=5)
+    ax.set_yticks(range(len(row_labels)), [label[:30] for label in row_labels], fontsize=5)
+    ax.set_title(title, fontsize=7)
+    fig.colorbar(im, ax=ax, fraction=0.03).ax.tick_params(labelsize=5)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def method_maps(images: np.ndarray, maps: dict[str, np.ndarray], titles: list[str], path: Path) -> Path:
+    """One row per image: the image, then each method's map (n, H, W) on its own red-blue scale."""
+    n, cols = len(images), len(maps) + 1
+    fig, axes = plt.subplots(n, cols, figsize=(1.35 * cols, 1.35 * n), squeeze=False)
+    for i, row in enumerate(axes):
+        row[0].imshow(to_display(images[i]), cmap="gray", vmin=0, vmax=1)
+        row[0].set_title(titles[i], fontsize=5)
+        for ax, (method, values) in zip(row[1:], maps.items()):
+            limit = float(np.abs(values[i]).max()) or 1e-12
+            ax.imshow(images[i].mean(0), cmap="gray", alpha=0.15)
+            ax.imshow(values[i], cmap=red_transparent_blue, vmin=-limit, vmax=limit)
+            ax.set_title(method, fontsize=6)
+        for ax in row:
+            ax.axis("off")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def agreement_matrix(matrix: pd.DataFrame, path: Path) -> Path:
+    """Mean Spearman correlation between methods (symmetric, 1 on the diagonal)."""
+    fig, ax = plt.subplots(figsize=(4.2, 3.4))
+    im = ax.imshow(matrix.to_numpy(), cmap="RdYlGn", vmin=-1, vmax=1)
+    labels = list(matrix.columns)
+    ax.set_xticks(range(len(labels)), labels, rotation=40, ha="right", fontsize=6)
+    ax.set_yticks(range(len(labels)), labels, fontsize=6)
+    for (i, j), value in np.ndenumerate(matrix.to_numpy()):
+        ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6)
+    ax.set_title("mean rank correlation of attributions", fontsize=7)
+    fig.colorbar(im, ax=ax, fraction=0.04).ax.tick_params(labelsize=5)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def slice_bars(slices: pd.DataFrame, overall: float, path: Path) -> Path:
+    """Accuracy per slice, grouped by slicing; flagged slices in red, the overall accuracy as a line."""
+    shown = slices[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.2 * len(shown) + 0.9))
+    labels = [f"{s[:18]}: {v[:22]} (n={n})" for s, v, n in zip(shown["slicing"], shown["slice"], shown["n_rows"])]
+    ax.barh(labels, shown["accuracy"], color=["#d62728" if f else "#4c72b0" for f in shown["flagged"]])
+    ax.axvline(overall, color="black", linestyle="--", linewidth=0.8, label=f"overall {overall:.3f}")
+    ax.set_xlim(max(0.0, min(shown["accuracy"].min(), overall) - 0.1), 1.0)
+    ax.set_xlabel("validation accuracy (red: flagged)", fontsize=7)
+    ax.tick_params(labelsize=5)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def randomisation_curve(table: pd.DataFrame, threshold: float, path: Path) -> Path:
+    """Mean Spearman (signed and of magnitudes) with the trained maps as more layers are randomised."""
+    steps = table.groupby("step").agg(layer=("layer", "first"), signed=("spearman", "mean"),
+                                      absolute=("spearman_abs", "mean")).reset_index()
+    fig, ax = plt.subplots(figsize=(6, 2.6))
+    ax.plot(steps["step"], steps["signed"], "-o", markersize=3, label="Spearman (signed)")
+    ax.plot(steps["step"], steps["absolute"], "-s", markersize=3, label="Spearman of |attribution|")
+    ax.axhline(threshold, color="#c44e52", linestyle="--", linewidth=0.8, label=f"flag above {threshold}")
+    ax.set_xticks(steps["step"], [f"-{layer}" for layer in steps["layer"]], fontsize=6)
+    ax.set_xlabel("layers re-initialised, from the output down (cumulative)", fontsize=7)
+    ax.set_ylabel("correlation with the trained model's map", fontsize=7)
+    ax.set_ylim(-1.05, 1.05)
+    ax.tick_params(labelsize=6)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def deletion_insertion_curves(curves: pd.DataFrame, path: Path) -> Path:
+    """Mean probability of the predicted class as pixels are deleted / inserted, attribution vs random order."""
+    fig, axes = plt.subplots(1, 2, figsize=(7, 2.5))
+    for ax, curve in zip(axes, ("deletion", "insertion")):
+        rows = curves[curves["curve"] == curve]
+        for order, style in (("attribution", "-"), ("random", "--")):
+            mean = rows[rows["order"] == order].groupby("fraction")["probability"].mean()
+            ax.plot(mean.index, mean.to_numpy(), style, label=f"{order} order")
+        ax.set_title(f"{curve}: pixels {'removed' if curve == 'deletion' else 'added'}, most attributed first",
+                     fontsize=7)
+        ax.set_xlabel("fraction of pixels", fontsize=6)
+        ax.set_ylabel("probability of the predicted class", fontsize=6)
+        ax.tick_params(labelsize=6)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def weight_histograms(model: nn.Module, path: Path) -> Path:
+    """A histogram of the weights of every convolution and linear layer, one panel each."""
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    cols = 4
+    rows = -(-len(layers) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(10, 1.9 * rows), squeeze=False)
+    for ax, (name, module) in zip(axes.ravel(), layers):
+        ax.hist(module.weight.detach().cpu().numpy().ravel(), bins=40, color="#4c72b0")
+        ax.set_title(f"layer {name}: {type(module).__name__} {tuple(module.weight.shape)}", fontsize=6)
+        ax.tick_params(labelsize=5)
+    for ax in axes.ravel()[len(layers):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return _save(fig, path, tight=False)
+
+
+def first_conv_filters(model: nn.Module, path: Path) -> Path:
+    """The first convolution's filters as small images (RGB for 3 input channels, else the channel mean)."""
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    weights = conv.weight.detach().cpu().numpy()  # (out, in, kh, kw)
+    cols = 8
+    rows = -(-len(weights) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.7, rows * 0.75), squeeze=False)
+    for ax, w in zip(axes.ravel(), weights):
+        scaled = (w - w.min()) / (np.ptp(w) or 1.0)
+        ax.imshow(np.transpose(scaled, (1, 2, 0)) if len(scaled) == 3 else scaled.mean(0), cmap="gray",
+                  interpolation="nearest")
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.suptitle(f"first convolution: {len(weights)} filters of {weights.shape[1]}x{weights.shape[2]}x{weights.shape[3]}",
+                 fontsize=7)
+    return _save(fig, path)

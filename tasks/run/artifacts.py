@@ -1,0 +1,97 @@
+"""Run directories and the files in them: atomic writes, SHA-256 hashes, the manifest.
+
+Every file is written under a temporary name in its final directory and renamed into
+place, so a file with its final name is always complete, and a crash never leaves a
+half-written report behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasks.run import layout
+from tasks.run.errors import InputError
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return path
+
+
+def write_json_atomic(path: Path, payload: object) -> Path:
+    return write_bytes_atomic(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
+
+
+def write_parquet_atomic(path: Path, table: pa.Table) -> Path:
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return path
+
+
+def new_run_dir(out: Path, dataset_slug: str) -> Path:
+    """Create a fresh, uniquely named run directory under `out` (never reuses one)."""
+    out = Path(out).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    slug = "".join(ch if ch.isalnum() else "-" for ch in dataset_slug)[:40].strip("-") or "data"
+    while True:
+        run_dir = out / f"{stamp}-{slug}-{secrets.token_hex(4)}"
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:  # pragma: no cover - 32 random bits collided
+            continue
+
+
+def build_manifest(run_dir: Path, extra: dict | None = None, exclude: tuple[str, ...] = (layout.FILES["manifest"],)) -> dict:
+    """List every file in the run directory (but the manifest, or `exclude`) with its size and SHA-256."""
+    files = {}
+    for path in sorted(run_dir.rglob("*")):
+        rel = path.relative_to(run_dir)
+        hidden = any(part.startswith(".") for part in rel.parts)  # temporary files, Prefect's cached results
+        if path.is_file() and rel.as_posix() not in exclude and not hidden:
+            files[rel.as_posix()] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return {"run_dir": run_dir.name, "layout": layout.VERSION, "files": files, **(extra or {})}
+
+
+def write_manifest(run_dir: Path, extra: dict | None = None) -> Path:
+    return write_json_atomic(layout.path(run_dir, "manifest"), build_manifest(run_dir, extra))

@@ -1,0 +1,55 @@
+"""Typed configuration of a run: a plain, validated value (no I/O; flows/preflight.py checks the files)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tasks.data.specs import parse_dataset_spec
+from tasks.run.errors import InputError
+
+SHAP_ENGINES = ("fast", "shap")  # tasks/deepshap/engine.py, or shap.DeepExplainer itself
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that decides what a compliance report run computes."""
+
+    dataset: str = "digits"  # dataset spec: see tasks/data/specs.py
+    label: str | None = None  # csv/parquet datasets: the column holding the class
+    epochs: int = 8  # training epochs
+    background: int = 200  # training rows in the SHAP background ("mask")
+    explain_rows: int = 32  # validation rows explained with DeepSHAP (and the other local methods)
+    seed: int = 0  # seeds the split, weight init, shuffling and row selection
+    out: Path = field(default=Path("reports"))  # parent directory of run directories
+    batch_size: int = 64  # training batch size
+    val_fraction: float = 0.2  # share of the data held out for validation (stratified)
+    shap_engine: str = "fast"  # DeepSHAP implementation: see SHAP_ENGINES
+    shard_size: int = 8  # rows per SHAP shard, the unit of work of the SHAP stage's workers (flows/deepshap.py)
+    model_card: Path | None = None  # YAML model card (owner, intended use, ...), shown in the report
+    compare: Path | None = None  # an earlier run to compare with; None: the newest one of the dataset in `out`
+    resume: Path | None = None  # an unfinished run directory to finish (its finished steps are reused)
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "background", "explain_rows", "batch_size", "shard_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise InputError(f"--seed must be a non-negative integer, got {self.seed!r}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise InputError(f"validation fraction must be between 0 and 1, got {self.val_fraction!r}")
+        if self.shap_engine not in SHAP_ENGINES:
+            raise InputError(f"--shap-engine must be one of {', '.join(SHAP_ENGINES)}, got {self.shap_engine!r}")
+        parse_dataset_spec(self.dataset, self.label)
+        for name in ("out", "model_card", "compare", "resume"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, Path(value))
+
+    def to_json(self) -> dict:
+        """Plain JSON-able parameters, as recorded in run.json, the manifest and the report."""
+        values = asdict(self)
+        for key in ("out", "model_card", "compare", "resume"):
+            values[key] = str(values[key]) if values[key] is not None else None
+        return values

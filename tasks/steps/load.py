@@ -1,0 +1,60 @@
+"""The load step: read a dataset, split it (stratified, seeded), write both splits as Parquet.
+
+The split files' schema is in tasks/run/formats.py; their paths in tasks/run/layout.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from tasks.data.dataset import Dataset, require_rows
+from tasks.data.sources import load_dataset
+from tasks.run import layout
+from tasks.run.artifacts import new_run_dir, write_parquet_atomic
+from tasks.run.errors import InputError
+from tasks.run.formats import file_ref, split_table
+from tasks.run.resume import clear_partial_files
+
+
+def load_data(dataset: str, out: Path, seed: int, val_fraction: float, background: int = 1, explain_rows: int = 1,
+              label: str | None = None, resume: Path | None = None) -> dict:
+    """Read `dataset`, create the run directory, write the two splits; return their paths and hashes.
+
+    `background` and `explain_rows` are the later steps' needs from the training and validation
+    splits: checked here, so that a run that cannot finish never creates its directory.
+    """
+    data = load_dataset(dataset, label)
+    train_idx, val_idx = _stratified_split(data, seed, val_fraction)
+    require_rows("background", background, "training", len(train_idx))
+    require_rows("explain", explain_rows, "validation", len(val_idx))
+    if resume is not None:  # the same directory again: its split files come out byte-identical
+        run_dir = Path(resume).resolve()
+        clear_partial_files(run_dir)
+    else:
+        run_dir = new_run_dir(out, dataset.split(":")[0])
+    result = {"run_dir": str(run_dir), "dataset": data.name, "class_names": data.class_names,
+              "modality": data.modality, "feature_names": data.feature_names,
+              "input_shape": list(data.inputs.shape[1:]), "provenance": data.provenance}
+    result["files"], result["class_counts"] = {}, {}
+    for split, idx in (("train", train_idx), ("validation", val_idx)):
+        table = split_table(data.inputs[idx], data.labels[idx], [data.source_ids[i] for i in idx], data.class_names,
+                            data.modality, data.feature_names)
+        result["files"][split] = file_ref(write_parquet_atomic(layout.path(run_dir, split), table))
+        result["class_counts"][split] = np.bincount(data.labels[idx], minlength=len(data.class_names)).tolist()
+    return result
+
+
+def _stratified_split(data: Dataset, seed: int, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    indices = np.arange(len(data.labels))
+    n_classes = len(data.class_names)
+    n_val = int(round(len(indices) * val_fraction))
+    if n_val < n_classes or len(indices) - n_val < n_classes:
+        raise InputError(
+            f"dataset {data.name} has {len(indices)} rows: too few for a stratified split "
+            f"with {n_classes} classes in both training and validation"
+        )
+    train_idx, val_idx = train_test_split(indices, test_size=n_val, random_state=seed, stratify=data.labels)
+    return np.sort(train_idx), np.sort(val_idx)

@@ -1,0 +1,103 @@
+"""Method agreement: do DeepSHAP, Integrated Gradients, LIME, Kernel SHAP and permutation importance
+point at the same features?
+
+For each explained row and each pair of methods: Spearman's rank correlation of the attribution
+magnitudes of the predicted class, over the comparison groups (table columns, or image regions
+of tasks/feature_groups.py), and the overlap of the two top-TOP_K sets. Permutation importance
+is global, so its one vector is compared with each row's local attributions. A pair below
+THRESHOLD is flagged as disagreeing: the report lists it rather than hiding it. A row is
+flagged when the median of its pairs' correlations is below THRESHOLD (most methods disagree).
+
+File ``analysis/agreement.parquet``, one row per (explained row, method pair): position,
+source_id, method_a, method_b, spearman, top_overlap, flagged.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+from scipy.stats import spearmanr
+
+from tasks.run import layout
+from tasks.run.checks import SECTION_QUALITY, Check
+from tasks.run.formats import read_kernel_shap, read_shap_values, read_split, write_frame
+from tasks.techniques.groups import KERNEL_GRID, comparison_groups, image_regions
+
+TOP_K = 5
+THRESHOLD = 0.3  # Spearman below this: the two methods disagree on that row
+
+
+def rank_agreement(a: np.ndarray, b: np.ndarray, top_k: int = TOP_K) -> tuple[float, float]:
+    """Spearman correlation of |a| and |b|, and the share of their top-k groups in common."""
+    a, b = np.abs(a), np.abs(b)
+    rho = spearmanr(a, b).statistic if a.std() > 0 and b.std() > 0 else 0.0
+    k = min(top_k, len(a))
+    overlap = len(set(np.argsort(-a)[:k]) & set(np.argsort(-b)[:k])) / k
+    return float(rho), overlap
+
+
+def agreement_table(attributions: dict[str, dict[int, np.ndarray]], global_importance: np.ndarray | None,
+                    source_ids: dict[int, str]) -> pd.DataFrame:
+    """Pairwise agreement per row. `attributions[method][position]` is that row's (n_groups,) vector."""
+    methods = dict(attributions)
+    rows = []
+    for position in sorted(source_ids):
+        vectors = {m: v[position] for m, v in methods.items() if position in v}
+        if global_importance is not None:
+            vectors["permutation importance"] = global_importance
+        for a, b in itertools.combinations(vectors, 2):
+            rho, overlap = rank_agreement(vectors[a], vectors[b])
+            rows.append({"position": position, "source_id": source_ids[position], "method_a": a, "method_b": b,
+                         "spearman": rho, "top_overlap": overlap, "flagged": bool(rho < THRESHOLD)})
+    return pd.DataFrame(rows)
+
+
+def flagged_rows(table: pd.DataFrame) -> list[int]:
+    """Positions of the rows whose median pairwise Spearman is below THRESHOLD."""
+    medians = table.groupby("position")["spearman"].median()
+    return [int(p) for p in medians.index[medians < THRESHOLD]]
+
+
+def measure_agreement(run_dir: str, files: dict[str, str], seed: int) -> dict:
+    """Collect every method's attributions of the predicted class on the comparison groups; write Parquet."""
+    validation = read_split(files["validation"])
+    modality, shape = validation.modality, list(validation.inputs.shape[1:])
+    groups = comparison_groups(modality, shape, validation.feature_names)
+    explained = pd.read_parquet(files["explained"])
+    predicted = dict(zip(explained["position"], explained["predicted"]))
+    source_ids = dict(zip(explained["position"], explained["source_id"]))
+    values, _ = read_shap_values(files["shap_values"])  # (n, K, *shape)
+    attributions = {"DeepSHAP": {p: groups.aggregate(values[p, predicted[p]]) for p in predicted}}
+
+    grads = pq.read_table(files["gradients"]).to_pandas()
+    attributions["Integrated Gradients"] = {
+        p: groups.aggregate(np.asarray(v).reshape(shape))
+        for p, v in zip(grads["position"], grads["integrated_gradients"])}
+    lime_rows = pq.read_table(files["lime"]).to_pandas()
+    attributions["LIME"] = {p: groups.aggregate(np.asarray(v).reshape(shape))
+                            for p, v in zip(lime_rows["position"], lime_rows["values"])}
+    frame, kernel_values, _ = read_kernel_shap(files["kernel_shap"])
+    players = None if modality == "table" else image_regions(tuple(shape), KERNEL_GRID)
+    attributions["Kernel SHAP"] = {}
+    for i, p in enumerate(frame["position"].unique()):
+        phi = kernel_values[i, predicted[p]]
+        if players is not None:  # patch values spread over their pixels, then summed per comparison region
+            phi = groups.aggregate(players.spread(phi))
+        attributions["Kernel SHAP"][p] = phi
+
+    permutation = pd.read_parquet(files["permutation_importance"])
+    kind = "feature" if modality == "table" else "region"
+    global_importance = permutation[permutation["kind"] == kind].set_index("name").loc[groups.names, "importance_mean"]
+    table = agreement_table(attributions, global_importance.to_numpy(), source_ids)
+    summary = table.groupby(["method_a", "method_b"], sort=False)["spearman"].mean().reset_index()
+    n_flagged, n_rows = len(flagged_rows(table)), int(table["position"].nunique())
+    check = Check("method-agreement.disagreement", "Method agreement", f"rows whose median pairwise Spearman is below {THRESHOLD}", n_flagged, 0,
+                  "at most", SECTION_QUALITY, f"Explanation methods disagree (median pairwise Spearman below "
+                  f"{THRESHOLD}) on {n_flagged} of {n_rows} explained rows.", unit="count")
+    return {"files": {"agreement": write_frame(layout.path(run_dir, "agreement"), table)},
+            "checks": [check.to_json()], "n_flagged_rows": n_flagged,
+            "mean_spearman": json.loads(summary.to_json(orient="records"))}

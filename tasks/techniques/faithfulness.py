@@ -1,0 +1,193 @@
+"""Evidence that the explanations are faithful to the model, beyond additivity.
+
+- Cascading randomisation (Adebayo et al., 2018, "Sanity checks for saliency maps"): the
+  trained layers are re-initialised from the top down, one more at each step, and the rows are
+  explained again; Spearman's correlation with the trained model's map should fall. If the
+  signed correlation stays above RANDOMISATION_THRESHOLD with every layer randomised, the maps
+  do not depend on the model: flagged. The correlation of |attribution| is recorded too; it
+  stays higher for input-times-gradient methods such as DeepSHAP, whose magnitudes follow the
+  input's own outline (as Adebayo et al. report), which is why the flag uses the signed one.
+- Deletion and insertion (images): pixels are removed from the image (set to the mean background
+  image) or added to that reference, most-attributed first, in STEPS equal steps; the predicted
+  class's probability is tracked. A faithful map gives a lower deletion area and a higher
+  insertion area than random orders (RANDOM_ORDERS of them, seeded).
+- Stability: the rows are explained again against a second background sample (another seed);
+  Spearman's correlation and the overlap of the top-TOP_K groups say how much the top features move.
+
+Files (in ``quality/``): ``randomisation.parquet`` (step, layer, position, spearman, spearman_abs),
+``deletion_insertion.parquet`` (position, curve, order, fraction, probability) and
+``stability.parquet`` (position, spearman, top_overlap).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import spearmanr
+from torch import nn
+
+from tasks.deepshap.stage import ENGINES, select_background
+from tasks.model.predict import predict_proba, probabilities
+from tasks.model.reference import load_weights
+from tasks.run import layout
+from tasks.run.checks import SECTION_QUALITY, Check
+from tasks.run.formats import background_images, read_shap_values, read_split, write_frame
+from tasks.run.progress import progress_bar
+from tasks.techniques.agreement import rank_agreement
+from tasks.techniques.groups import comparison_groups
+
+RANDOMISATION_THRESHOLD = 0.5  # mean Spearman with every layer randomised above this: maps ignore the model
+STABILITY_THRESHOLD = 0.5  # mean Spearman between two backgrounds below this: unstable explanations
+MAX_ROWS = 16  # explained rows given the deletion / insertion and stability checks
+RANDOMISATION_ROWS = 8  # of those, rows re-explained at every randomisation step
+RANDOMISATION_BACKGROUND = 50  # background rows for the re-explanations of randomised models
+STEPS = 16  # deletion / insertion steps
+RANDOM_ORDERS = 3
+TOP_K = 5
+
+Explainer = Callable[[nn.Module, np.ndarray, np.ndarray], np.ndarray]  # (model, rows, targets) -> (n, *input)
+
+
+def deep_shap_explainer(background: np.ndarray, engine: str = "fast") -> Explainer:
+    """DeepSHAP of the target class of a (logits) model's probabilities, against `background`."""
+    def explain(model: nn.Module, rows: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        explain_fn = ENGINES[engine](probabilities(model).eval(), torch.from_numpy(background))
+        values = explain_fn(torch.from_numpy(rows))  # (n, K, *input)
+        return values[np.arange(len(rows)), targets]
+    return explain
+
+
+def trained_layers(model: nn.Module) -> list[str]:
+    """Names of the convolution and linear layers with trainable weights, input to output."""
+    return [name for name, m in model.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and m.weight.requires_grad]
+
+
+def cascading_randomisation(model: nn.Module, explain: Explainer, rows: np.ndarray, targets: np.ndarray,
+                            seed: int, advance: Callable = lambda: None) -> pd.DataFrame:
+    """Spearman of the maps of the trained model and of copies with the top 1, 2, ... layers re-initialised."""
+    reference = explain(model, rows, targets).reshape(len(rows), -1)
+    randomised = copy.deepcopy(model)
+    records = []
+    for step, name in enumerate(reversed(trained_layers(model)), start=1):
+        torch.manual_seed(seed + step)
+        randomised.get_submodule(name).reset_parameters()
+        maps = explain(randomised, rows, targets).reshape(len(rows), -1)
+        for i in range(len(rows)):
+            records.append({"step": step, "layer": name, "position": i,
+                            "spearman": _spearman(reference[i], maps[i]),
+                            "spearman_abs": rank_agreement(reference[i], maps[i])[0]})
+        advance()
+    return pd.DataFrame(records)
+
+
+def randomisation_verdict(table: pd.DataFrame) -> tuple[float, float, bool]:
+    """Mean signed and absolute Spearman with every layer randomised, and whether that flags the maps."""
+    last = table[table["step"] == table["step"].max()]
+    signed = float(last["spearman"].mean())
+    return signed, float(last["spearman_abs"].mean()), signed > RANDOMISATION_THRESHOLD
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    return float(spearmanr(a, b).statistic) if a.std() > 0 and b.std() > 0 else 0.0
+
+
+def deletion_insertion(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, attributions: np.ndarray,
+                       targets: np.ndarray, reference: np.ndarray, seed: int) -> pd.DataFrame:
+    """Probability of the target class as pixels are deleted / inserted in attribution and random orders."""
+    rng = np.random.default_rng(seed)
+    n, c, h, w = images.shape
+    pixels = h * w
+    records = []
+    for i in range(n):
+        orders = {"attribution": np.argsort(-attributions[i].sum(0).reshape(-1), kind="stable")}
+        for r in range(RANDOM_ORDERS):
+            orders[f"random {r}"] = rng.permutation(pixels)
+        for order_name, order in orders.items():
+            for curve in ("deletion", "insertion"):
+                batch = []
+                for step in range(STEPS + 1):
+                    chosen = np.zeros(pixels, dtype=bool)
+                    chosen[order[: round(step * pixels / STEPS)]] = True
+                    mask = chosen.reshape(1, h, w)
+                    start, end = (images[i], reference) if curve == "deletion" else (reference, images[i])
+                    batch.append(np.where(mask, end, start))
+                probs = predict(np.stack(batch).astype(np.float32))[:, targets[i]]
+                for step, p in enumerate(probs):
+                    records.append({"position": i, "curve": curve, "order": order_name.split(" ")[0],
+                                    "repeat": order_name, "fraction": step / STEPS, "probability": float(p)})
+    return pd.DataFrame(records)
+
+
+def curve_areas(curves: pd.DataFrame) -> pd.DataFrame:
+    """Area under each deletion / insertion curve (fraction on x), averaged over random repeats."""
+    areas = (curves.groupby(["position", "curve", "order", "repeat"])
+             .apply(lambda g: float(np.trapezoid(g["probability"], g["fraction"])), include_groups=False)
+             .rename("auc").reset_index())
+    return areas.groupby(["curve", "order"])["auc"].mean().unstack("order")
+
+
+def check_faithfulness(run_dir: str, files: dict[str, str], seed: int, engine: str = "fast") -> dict:
+    """Randomisation, deletion/insertion (images) and stability checks for the first MAX_ROWS explained rows."""
+    model, _, _ = load_weights(files["weights"])
+    train, val = read_split(files["train"]), read_split(files["validation"])
+    explained = pd.read_parquet(files["explained"]).head(MAX_ROWS)
+    rows = val.rows_of(explained["source_id"])
+    targets = explained["predicted"].to_numpy()
+    values, meta = read_shap_values(files["shap_values"])
+    engine = meta.get("accountability.engine", engine)  # the engine the run's own values came from
+    run_maps = values[explained["position"].to_numpy(), targets]  # (n, *input) of the run's own DeepSHAP
+    background = background_images(files["background"])
+
+    small = background[np.random.default_rng(seed).choice(len(background), min(RANDOMISATION_BACKGROUND,
+                                                                               len(background)), replace=False)]
+    layers = trained_layers(model)
+    with progress_bar("randomisation check", total=len(layers)) as advance:
+        randomisation = cascading_randomisation(model, deep_shap_explainer(small, engine), rows[:RANDOMISATION_ROWS],
+                                                targets[:RANDOMISATION_ROWS], seed, advance)
+    signed, absolute, _ = randomisation_verdict(randomisation)
+    written = {"randomisation": write_frame(layout.path(run_dir, "randomisation"), randomisation)}
+    checks = [Check("deepshap.randomisation", "DeepSHAP", "cascading randomisation (signed Spearman, every layer randomised)", signed,
+                    RANDOMISATION_THRESHOLD, "at most", SECTION_QUALITY,
+                    "The DeepSHAP maps barely change when the model's weights are randomised: they may not "
+                    "reflect what the model learned.")]
+    result = {"randomisation_final": signed, "randomisation_final_abs": absolute,
+              "randomisation_threshold": RANDOMISATION_THRESHOLD,
+              "n_layers": len(layers), "randomisation_rows": min(RANDOMISATION_ROWS, len(rows))}
+
+    if val.modality == "image":
+        curves = deletion_insertion(lambda x: predict_proba(model, x), rows, run_maps, targets,
+                                    background.mean(0), seed)
+        areas = curve_areas(curves)
+        written["deletion_insertion"] = write_frame(layout.path(run_dir, "deletion_insertion"), curves)
+        result["areas"] = {curve: {order: float(areas.loc[curve, order]) for order in areas.columns}
+                           for curve in areas.index}
+        checks += [Check("deepshap.deletion", "DeepSHAP", "deletion: area under the curve, against random orders",
+                         result["areas"]["deletion"]["attribution"], result["areas"]["deletion"]["random"],
+                         "at most", SECTION_QUALITY,
+                         "Removing pixels in attribution order is no better than a random order."),
+                   Check("deepshap.insertion", "DeepSHAP", "insertion: area under the curve, against random orders",
+                         result["areas"]["insertion"]["attribution"], result["areas"]["insertion"]["random"],
+                         "at least", SECTION_QUALITY,
+                         "Adding pixels in attribution order is no better than a random order.")]
+
+    second = train.inputs[select_background(len(train.inputs), len(background), seed + 1)]
+    again = deep_shap_explainer(second, engine)(model, rows, targets)
+    groups = comparison_groups(val.modality, list(val.inputs.shape[1:]), val.feature_names)
+    first_g, again_g = groups.aggregate(run_maps), groups.aggregate(again)
+    stability = pd.DataFrame([{"position": int(p), "spearman": rho, "top_overlap": overlap}
+                              for p, (rho, overlap) in zip(explained["position"],
+                                                           (rank_agreement(a, b, TOP_K) for a, b in zip(first_g, again_g)))])
+    written["stability"] = write_frame(layout.path(run_dir, "stability"), stability)
+    mean = float(stability["spearman"].mean())
+    checks.append(Check("deepshap.stability", "DeepSHAP", "stability across two background samples (mean Spearman)", mean,
+                        STABILITY_THRESHOLD, "at least", SECTION_QUALITY,
+                        f"Explanations move with the background sample (mean Spearman {mean:.2f} between two "
+                        "samples)."))
+    result.update({"stability_mean": mean, "stability_overlap": float(stability["top_overlap"].mean()),
+                   "stability_threshold": STABILITY_THRESHOLD, "n_rows": len(rows)})
+    return {"files": written, "checks": [c.to_json() for c in checks], **result}

@@ -1,0 +1,106 @@
+"""The technique registry: what the flow runs after the SHAP stage and what the report shows, in one list.
+
+Each entry names its step (a plain function `step(run_dir, files, seed) -> result`, where `files` maps
+the keys of `reads` to paths, see tasks/run/layout.py), the data kinds it applies to, the files it
+reads and writes, the report section that shows it (a function of the report's data and the step's
+result) and that section's template partial (templates/sections/). A result holds the step's
+`files` (`file_ref`s), its `checks` (tasks/run/checks.py) and the numbers its section prints.
+
+The flow (flows/compliance_report.py) runs the entries in `run_order`; the report
+(tasks/report/build.py) shows them in list order, each where its `place` says. A new technique is
+its module, its partial, one entry here, and its tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from tasks.report import sections
+from tasks.techniques.agreement import measure_agreement
+from tasks.techniques.faithfulness import check_faithfulness
+from tasks.techniques.gradients import gradient_attributions
+from tasks.techniques.kernel_shap import explain_kernel_shap
+from tasks.techniques.lime_surrogates import explain_lime
+from tasks.techniques.partial_dependence import compute_partial_dependence
+from tasks.techniques.permutation import compute_permutation_importance
+from tasks.techniques.slices import analyse_slices
+from tasks.techniques.weights import inspect_weights
+
+MODALITIES = ("image", "table")
+PLACES = {  # where in the report a technique's section goes
+    "design": "2. Design and data, after model and training",
+    "performance": "3. Performance and testing, after the validation metrics",
+    "global": "4. Explanations: global explanations",
+    "local": "4. Explanations: individual decisions, after DeepSHAP",
+    "quality": "4. Explanations: their quality, after the table of checks",
+}
+CORE_FILES = ("run_record", "train", "validation", "metrics", "metrics_per_class", "weights", "plan", "background",
+              "predictions", "shap_values", "explained")  # written by load, train and the SHAP stage
+
+
+@dataclass(frozen=True)
+class Technique:
+    name: str  # the step's task name in Prefect (and its key among the run's results)
+    title: str  # how the report names it
+    step: Callable[..., dict] | None  # (run_dir, files, seed) -> result; None: shown from the SHAP stage's files
+    section: Callable[..., dict]  # (report data, result) -> what its partial shows
+    partial: str  # templates/sections/<partial>
+    place: str  # a key of PLACES
+    reads: tuple[str, ...] = ()  # layout keys of the files the step reads (its cache key hashes them)
+    writes: tuple[str, ...] = ()  # layout keys of the files the step writes
+    modalities: tuple[str, ...] = MODALITIES  # the data kinds it applies to
+    tags: tuple[str, ...] = ()  # Prefect task tags ("gpu": run it where the SHAP stage runs)
+
+
+TECHNIQUES: tuple[Technique, ...] = (
+    Technique("weights", "Weights and biases", inspect_weights, sections.weights_section, "weights.html.j2",
+              "design", reads=("weights",), writes=("weight_statistics",)),
+    Technique("slices", "Sliced analysis", analyse_slices, sections.slices_section, "slices.html.j2", "performance",
+              reads=("weights", "validation", "permutation_importance"), writes=("slices",)),
+    Technique("permutation-importance", "Permutation feature importance", compute_permutation_importance,
+              sections.permutation_section, "permutation.html.j2", "global", reads=("weights", "validation"),
+              writes=("permutation_importance",)),
+    Technique("global-shap", "Global SHAP importance", None, sections.global_shap_section, "global_shap.html.j2",
+              "global", reads=("shap_values", "validation")),
+    Technique("partial-dependence", "Partial dependence and ICE", compute_partial_dependence,
+              sections.partial_dependence_section, "partial_dependence.html.j2", "global",
+              reads=("weights", "validation", "permutation_importance"), writes=("partial_dependence",),
+              modalities=("table",)),
+    Technique("gradients", "Saliency and Integrated Gradients", gradient_attributions, sections.gradient_section,
+              "gradients.html.j2", "local", reads=("weights", "validation", "explained", "background"),
+              writes=("gradients",)),
+    Technique("kernel-shap", "Kernel SHAP", explain_kernel_shap, sections.kernel_shap_section, "kernel_shap.html.j2",
+              "local", reads=("weights", "validation", "explained", "background"), writes=("kernel_shap",)),
+    Technique("lime", "LIME", explain_lime, sections.lime_section, "lime.html.j2", "local",
+              reads=("weights", "train", "validation", "explained"), writes=("lime",)),
+    Technique("faithfulness", "Faithfulness: randomisation, deletion and insertion, stability", check_faithfulness,
+              sections.faithfulness_section, "faithfulness.html.j2", "quality",
+              reads=("weights", "train", "validation", "explained", "shap_values", "background"),
+              writes=("randomisation", "deletion_insertion", "stability"), tags=("gpu",)),
+    Technique("method-agreement", "Method agreement", measure_agreement, sections.agreement_section,
+              "agreement.html.j2", "quality",
+              reads=("validation", "explained", "shap_values", "gradients", "lime", "kernel_shap",
+                     "permutation_importance"), writes=("agreement",)),
+)
+
+
+def applicable(modality: str, techniques=TECHNIQUES) -> list[Technique]:
+    """The techniques that apply to data of this kind, in report order."""
+    return [t for t in techniques if modality in t.modalities]
+
+
+def run_order(techniques) -> list[Technique]:
+    """The techniques with a step, each after those that write what it reads (stable otherwise)."""
+    pending = [t for t in techniques if t.step is not None]
+    written = set(CORE_FILES)
+    ordered = []
+    while pending:
+        ready = [t for t in pending if set(t.reads) <= written]
+        if not ready:
+            missing = {t.name: sorted(set(t.reads) - written) for t in pending}
+            raise ValueError(f"techniques read files nothing writes first: {missing}")
+        ordered.append(ready[0])
+        pending.remove(ready[0])
+        written |= set(ready[0].writes)
+    return ordered
