@@ -96,8 +96,8 @@ def compliance_report(
             "manifest": report["files"]["manifest"]["path"],
             "validation_accuracy": results["train"]["final_validation"]["accuracy"],
             "max_additivity_error": results["deepshap"]["max_additivity_error"],
-            "checks_failed": report["checks_failed"], "n_checks": report["n_checks"],
-            "limitations": report["limitations"]}
+            "checks_failed": report["checks_failed"], "n_checks": report["n_checks"], "failed": report["failed"],
+            "limitations": report["limitations"], "results": results}
 
 
 def shap_on_deployment(name: str, parameters: dict) -> dict:
@@ -121,8 +121,9 @@ def publish_artifacts(run_dir: str, results: dict, report: dict) -> None:
             f"- validation accuracy: **{final['accuracy']:.3f}** (macro F1 {final['f1_macro']:.3f})\n"
             f"- SHAP engine: {shap['engine']} on {shap['device']}; "
             f"largest additivity error {shap['max_additivity_error']:.2e}\n"
-            f"- checks: **{report['checks_failed']} of {report['n_checks']} failed**; "
-            f"{report['limitations']} limitation(s) in section 5\n"
+            f"- checks: **{report['checks_failed']} of {report['n_checks']} failed**"
+            f"{''.join(chr(10) + '  - ' + name for name in report['failed'])}\n"
+            f"- limitations listed in section 5: {report['limitations']}\n"
             f"- report: `{pdf['path']}` (SHA-256 `{pdf['sha256']}`)\n"
         ),
         description="Summary of the compliance report run",

@@ -33,16 +33,20 @@ STAGE_STEPS = {
 }
 
 
-@functools.cache
 def check_dask_options(dask_address: str | None = None, dask_workers: int = 0) -> None:
-    """Refuse Dask options that cannot work, before any work starts (once per process: it never changes)."""
+    """Refuse Dask options that cannot work, before any work starts (once per process and API address)."""
     from prefect.settings import get_current_settings
 
+    _check_dask_options(dask_address, dask_workers, get_current_settings().api.url)
+
+
+@functools.cache
+def _check_dask_options(dask_address: str | None, dask_workers: int, api_url: str | None) -> None:
     if dask_address and dask_workers:
         raise InputError("give the Dask scheduler's address or a number of local Dask workers, not both")
     if not isinstance(dask_workers, int) or isinstance(dask_workers, bool) or dask_workers < 0:
         raise InputError(f"--dask-workers must be a non-negative integer, got {dask_workers!r}")
-    if dask_address and get_current_settings().api.url is None:
+    if dask_address and api_url is None:
         raise InputError(f"the Dask workers at {dask_address} must report to a Prefect server that they can "
                          "reach: set PREFECT_API_URL (here and on them); this run uses a local ephemeral one")
 

@@ -102,3 +102,36 @@ def subflow_run(flow_run_id, name: str):
 
     (run,) = asyncio.run(query())
     return run
+
+
+def run_report(out: Path, **parameters):
+    """The product's whole flow (in this process, on the test session's Prefect server); its state and result."""
+    from flows.compliance_report import compliance_report
+
+    state = compliance_report(out=str(out), return_state=True, **{"seed": 0, **parameters})
+    return state, state.result()
+
+
+@pytest.fixture(scope="session")
+def image_run(prefect_server, tmp_path_factory):
+    """A finished run of the flow on a small image folder (3 classes), shared by the tests that read one."""
+    root = write_imagefolder(tmp_path_factory.mktemp("images"), {"dark": 10, "mid": 10, "light": 10})
+    _, result = run_report(tmp_path_factory.mktemp("image-runs"), dataset=f"imagefolder:{root}", epochs=2,
+                           background=6, explain_rows=5)
+    return root, result
+
+
+@pytest.fixture(scope="session")
+def table_run(prefect_server, tmp_path_factory):
+    """A finished run of the flow on breast-cancer, shared by the tests that read one."""
+    _, result = run_report(tmp_path_factory.mktemp("table-runs"), dataset="breast-cancer", epochs=3, background=40,
+                           explain_rows=8)
+    return result
+
+
+@pytest.fixture(scope="session")
+def digits_run(prefect_server, tmp_path_factory):
+    """A finished run of the flow on digits (1 epoch): an image model that has learned something."""
+    state, result = run_report(tmp_path_factory.mktemp("digits-runs"), dataset="digits", epochs=1, background=40,
+                               explain_rows=8)
+    return state, result

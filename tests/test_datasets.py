@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.datasets import load_dataset
+from tasks.data.sources import load_dataset
 from tasks.run.errors import InputError
 from tests.conftest import CIFAR_CLASSES, write_cifar10, write_imagefolder
 
@@ -86,10 +86,10 @@ def test_single_class_is_refused(tmp_path):
 
 
 def test_huge_image_is_refused_without_decoding(tmp_path, monkeypatch):
-    import tasks.datasets
+    import tasks.data.images
 
     root = write_imagefolder(tmp_path / "f", {"a": 2, "b": 2}, size=(64, 64))
-    monkeypatch.setattr(tasks.datasets, "MAX_SOURCE_PIXELS", 1000)
+    monkeypatch.setattr(tasks.data.images, "MAX_SOURCE_PIXELS", 1000)
     with pytest.raises(InputError, match="over 1,000 pixels"):
         load_dataset(f"imagefolder:{root}")
 

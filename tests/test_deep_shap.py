@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from tasks.deepshap.engine import DeepShapEngine, UnsupportedModelError
-from tasks.model.reference import CNNConfig, build_reference_cnn, probabilities
+from tasks.model.predict import probabilities
+from tasks.model.reference import CNNConfig, build_reference_cnn
 
 
 def settle_batchnorm(model: nn.Module, shape: tuple[int, ...]) -> nn.Module:

@@ -6,10 +6,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from tasks.deepshap.stage import select_background, select_images, shap_deep_explainer
+from tasks.run import layout
 from tasks.run.errors import InputError
-from tasks.deepshap.stage import explain_model, select_background, select_images, shap_deep_explainer
-from tasks.steps.load import load_data, read_split
-from tasks.steps.train import train_model
+from tasks.run.formats import read_split
 
 
 def test_selection_covers_every_class_and_includes_mistakes():
@@ -45,27 +45,16 @@ def test_shap_values_of_a_linear_model_are_w_times_x_minus_mean():
     np.testing.assert_allclose(values, expected.numpy(), atol=1e-5)
 
 
-@pytest.fixture(scope="module")
-def explained_run(tmp_path_factory):
-    from tests.conftest import write_imagefolder
-
-    root = write_imagefolder(tmp_path_factory.mktemp("images"), {"a": 10, "b": 10, "c": 10})
-    loaded = load_data(f"imagefolder:{root}", tmp_path_factory.mktemp("out"), seed=0, val_fraction=0.3)
-    trained = train_model(loaded["train"]["path"], loaded["validation"]["path"], loaded["run_dir"], 2, 8, 0)
-    result = explain_model(trained["weights"]["path"], loaded["train"]["path"], loaded["validation"]["path"],
-                           loaded["run_dir"], background=6, explain=5, seed=0)
-    return loaded, trained, result
-
-
-def test_explain_writes_additive_values_with_the_documented_schema(explained_run):
-    loaded, _, result = explained_run
-    table = pq.read_table(result["shap_values"]["path"])
+def test_the_shap_stage_writes_additive_values_with_the_documented_schema(image_run):
+    _, run = image_run
+    run_dir, result = run["run_dir"], run["results"]["deepshap"]
+    table = pq.read_table(layout.path(run_dir, "shap_values"))
     assert table.schema.field("values").type == pa.list_(pa.float32(), 3 * 32 * 32)
     assert table.num_rows == 5 * 3
     expected = json.loads(table.schema.metadata[b"accountability.expected_values"])
     assert expected == pytest.approx(result["expected_values"]) and sum(expected) == pytest.approx(1.0, abs=1e-5)
 
-    explained = pq.read_table(result["explained"]["path"]).to_pandas()
+    explained = pq.read_table(layout.path(run_dir, "explained")).to_pandas()
     assert list(explained["position"]) == list(range(5))
     assert set(explained["label"]) == {0, 1, 2}
     assert result["max_additivity_error"] < 1e-5
@@ -76,6 +65,6 @@ def test_explain_writes_additive_values_with_the_documented_schema(explained_run
     probs = np.stack(explained["probabilities"].to_numpy())
     residual = np.abs(values.sum(-1) - (probs - np.asarray(expected))).max()
     assert residual < 1e-5
-    assert pq.read_table(result["background"]["path"]).num_rows == 6
-    val = read_split(loaded["validation"]["path"])
+    assert pq.read_table(layout.path(run_dir, "background")).num_rows == 6
+    val = read_split(layout.path(run_dir, "validation"))
     assert set(explained["source_id"]) <= set(val.source_ids)

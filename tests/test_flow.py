@@ -9,18 +9,20 @@ import pyarrow.parquet as pq
 import pytest
 from pypdf import PdfReader
 
+from tasks.run import layout
 from tasks.run.artifacts import sha256_file
-from tests.conftest import subflow_run, task_runs
+from tests.conftest import run_report, subflow_run, task_runs
 
 SECTIONS = ("Model compliance report", "1. Purpose and use", "Summary", "Model card", "2. Design and data",
             "Model and training", "Weights and biases", "3. Performance and testing", "Validation metrics",
             "Sliced analysis", "4. Explanations and their quality", "Permutation feature importance",
             "Global SHAP importance", "Explanations of individual decisions: DeepSHAP", "Gradient attribution",
-            "Model-agnostic SHAP (Kernel SHAP)", "LIME", "Explanation quality: additivity",
+            "Model-agnostic SHAP (Kernel SHAP)", "LIME", "Explanation quality: the checks", "Additivity",
             "Randomisation sanity check", "Stability", "Method agreement", "5. Limitations",
-            "6. Monitoring and changes", "7. Reproducibility", "Where the SHAP values were computed", "Sign-off")
-TASKS = ["compare", "explain", "faithfulness", "gradients", "kernel-shap", "lime", "load", "method-agreement",
-         "model-card", "permutation-importance", "report", "slices", "train"]
+            "6. Monitoring and changes", "7. Reproducibility", "Wall time per step", "Where the SHAP values were computed",
+            "Sign-off")
+TASKS = ["compare", "deepshap", "faithfulness", "gradients", "kernel-shap", "lime", "load", "method-agreement",
+         "model-card", "permutation-importance", "report", "slices", "train", "weights"]
 
 
 def pdf_text(path) -> str:
@@ -28,23 +30,15 @@ def pdf_text(path) -> str:
     return " ".join(" ".join(page.extract_text() for page in PdfReader(path).pages).split())
 
 
-def run_report(out: Path, **parameters):
-    """The whole flow on the test's Prefect server; its final state and result."""
-    from flows.compliance_report import compliance_report
-
-    state = compliance_report(seed=0, out=str(out), return_state=True, **parameters)
-    return state, state.result()
-
-
 @pytest.fixture(scope="module")
-def flow_result(prefect_server, tmp_path_factory):
-    return run_report(tmp_path_factory.mktemp("reports"), dataset="digits", epochs=1, background=10, explain=4)
+def flow_result(digits_run):
+    return digits_run
 
 
 @pytest.fixture(scope="module")
 def table_flow_result(prefect_server, tmp_path_factory):
     return run_report(tmp_path_factory.mktemp("table-reports"), dataset="breast-cancer", epochs=3, background=40,
-                      explain=6)
+                      explain_rows=6)
 
 
 @pytest.mark.slow
@@ -69,11 +63,15 @@ def test_flow_writes_a_complete_run_directory(flow_result):
 
     assert verify_run(run_dir) == []
     assert manifest["flow_run"]["id"] and manifest["parameters"]["epochs"] == 1
+    assert manifest["layout"] == layout.VERSION
+    assert set(manifest["step_seconds"]) >= {"train", "deepshap", "lime", "report"}
+    assert {c["id"] for c in manifest["checks"]} >= {"deepshap.additivity", "integrated-gradients.completeness",
+                                                     "deepshap.randomisation", "deepshap.deletion"}
 
-    assert pq.read_schema(run_dir / "data" / "train.parquet").field("inputs").type == pa.list_(pa.float32(), 1024)
-    assert pq.read_schema(run_dir / "explain" / "shap_values.parquet").names == [
+    assert pq.read_schema(layout.path(run_dir, "train")).field("inputs").type == pa.list_(pa.float32(), 1024)
+    assert pq.read_schema(layout.path(run_dir, "shap_values")).names == [
         "position", "source_id", "class_index", "values"]
-    assert pq.read_schema(run_dir / "training" / "metrics.parquet").names == [
+    assert pq.read_schema(layout.path(run_dir, "metrics")).names == [
         "epoch", "split", "loss", "accuracy", "precision_macro", "recall_macro", "f1_macro"]
     assert result["max_additivity_error"] < 1e-5
 
@@ -85,7 +83,7 @@ def test_the_server_recorded_the_task_runs_and_the_artifacts(flow_result):
 
     flow_run_id = state.state_details.flow_run_id
 
-    explain_run = subflow_run(flow_run_id, "explain")
+    explain_run = subflow_run(flow_run_id, "deepshap")
 
     async def query():
         async with get_client() as client:
@@ -103,10 +101,10 @@ def test_the_server_recorded_the_task_runs_and_the_artifacts(flow_result):
     tasks = task_runs(flow_run_id)
     explain_tasks = task_runs(explain_run.id)
     assert flow_run.state.is_completed() and explain_run.state.is_completed()
-    assert sorted(t.name.rsplit("-", 1)[0] for t in tasks) == TASKS  # "explain": the SHAP stage's subflow
+    assert sorted(t.name.rsplit("-", 1)[0] for t in tasks) == TASKS  # "deepshap": the SHAP stage's subflow
     assert all(t.state.is_completed() for t in tasks + explain_tasks)
-    shards = [t for t in explain_tasks if t.name.startswith("explain-shard")]
-    assert len(shards) == 1 and len(explain_tasks) == 3  # 4 images, 8 per shard: plan, one shard, merge
+    shards = [t for t in explain_tasks if t.name.startswith("deepshap-shard")]
+    assert len(shards) == 1 and len(explain_tasks) == 3  # 8 images, 8 per shard: plan, one shard, merge
     assert "gpu" in shards[0].tags
     assert {a["key"] for a in artifacts} >= {"compliance-summary", "validation-metrics", "report-pdf"}
 
@@ -123,11 +121,10 @@ def test_a_breast_cancer_report_has_every_technique_for_tables(table_flow_result
         assert section in text, section
     assert "mean radius" in text and "image region" not in text  # feature names flow into the report
     run_dir = Path(result["run_dir"])
-    for name in ("analysis/permutation_importance.parquet", "analysis/partial_dependence.parquet",
-                 "analysis/slices.parquet", "analysis/agreement.parquet", "explain/kernel_shap.parquet",
-                 "explain/lime.parquet", "explain/gradients.parquet"):
-        assert (run_dir / name).is_file(), name
-    importance = pq.read_table(run_dir / "analysis" / "permutation_importance.parquet").to_pandas()
+    for key in ("permutation_importance", "partial_dependence", "slices", "agreement", "kernel_shap", "lime",
+                "gradients"):
+        assert layout.path(run_dir, key).is_file(), key
+    importance = pq.read_table(layout.path(run_dir, "permutation_importance")).to_pandas()
     assert sorted(importance["name"]) == sorted(load_breast_cancer().feature_names)
     from tasks.run.verify import verify_run
 
@@ -140,7 +137,7 @@ def test_the_second_run_compares_with_the_first_and_shows_the_model_card(table_f
     out = Path(first["run_dir"]).parent
     card = tmp_path / "card.yaml"
     card.write_text('owner: "<link rel=stylesheet href=file:///etc/passwd> risk team"\nrisk_tier: high\n')
-    _, second = run_report(out, dataset="breast-cancer", epochs=1, background=40, explain=6, model_card=str(card))
+    _, second = run_report(out, dataset="breast-cancer", epochs=1, background=40, explain_rows=6, model_card=str(card))
     text = pdf_text(second["pdf"])
     assert f"Compared with the previous run {Path(first['run_dir']).name}" in text
     before, now = first["validation_accuracy"], second["validation_accuracy"]
@@ -149,5 +146,5 @@ def test_the_second_run_compares_with_the_first_and_shows_the_model_card(table_f
     assert "<link rel=stylesheet href=file:///etc/passwd> risk team" in text and "Risk tier high" in text
     assert "Intended use not provided" in text
     assert "nothing to compare with" in pdf_text(first["pdf"])
-    summary = json.loads((Path(second["run_dir"]) / "comparison" / "summary.json").read_text())
+    summary = json.loads(layout.path(second["run_dir"], "comparison_summary").read_text())
     assert summary["previous"] == Path(first["run_dir"]).name and summary["shared_rows"] == 114

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pypdf import PdfReader
 
-from tasks.datasets import load_dataset
+from tasks.data.sources import load_dataset
 from tasks.run.errors import InputError
 from tasks.steps.load import load_data
 from tasks.report.render import RunFilesFetcher, render_pdf

@@ -3,6 +3,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
+from tasks.run import layout
 from tasks.techniques.gradients import gradient_attributions, integrated_gradients, saliency
 
 
@@ -20,23 +21,24 @@ def test_linear_model_known_answers():
                                w[targets].abs().numpy(), atol=1e-6)
 
 
-def test_gradients_step_writes_complete_ig_for_the_explained_images(tmp_path):
-    from tasks.deepshap.stage import explain_model
-    from tasks.steps.load import load_data
-    from tasks.steps.train import train_model
-    from tests.conftest import write_imagefolder
-
-    root = write_imagefolder(tmp_path / "images", {"a": 10, "b": 10, "c": 10})
-    loaded = load_data(f"imagefolder:{root}", tmp_path / "out", seed=0, val_fraction=0.3)
-    trained = train_model(loaded["train"]["path"], loaded["validation"]["path"], loaded["run_dir"], 2, 8, 0)
-    explained = explain_model(trained["weights"]["path"], loaded["train"]["path"], loaded["validation"]["path"],
-                              loaded["run_dir"], background=6, explain=4, seed=0)
-    result = gradient_attributions(trained["weights"]["path"], loaded["validation"]["path"],
-                                   explained["explained"]["path"], explained["background"]["path"], loaded["run_dir"])
-    table = pq.read_table(result["gradients"]["path"]).to_pandas()
-    chosen = pq.read_table(explained["explained"]["path"]).to_pandas()
+def test_gradients_step_writes_complete_ig_for_the_explained_rows(image_run):
+    _, run = image_run
+    run_dir, result = run["run_dir"], run["results"]["gradients"]
+    table = pq.read_table(result["files"]["gradients"]["path"]).to_pandas()
+    chosen = pq.read_table(layout.path(run_dir, "explained")).to_pandas()
     assert list(table["source_id"]) == list(chosen["source_id"])
     assert list(table["class_index"]) == list(chosen["predicted"])
     assert result["max_ig_completeness_error"] < 1e-3  # 64 Gauss-Legendre steps on a small CNN
-    assert len(table["integrated_gradients"][0]) == 3 * 32 * 32
-    assert (np.stack(table["saliency"].to_numpy()) >= 0).all()
+    (check,) = result["checks"]
+    assert check["id"] == "integrated-gradients.completeness" and check["passed"]
+    assert check["value"] == result["max_ig_completeness_error"] and check["threshold"] == 0.05
+
+
+def test_two_ig_steps_fail_the_completeness_check(image_run, tmp_path):
+    """The same step with a 2-point path integral: its completeness error is far larger, and its check fails."""
+    _, run = image_run
+    files = layout.paths(run["run_dir"], ("weights", "validation", "explained", "background"))
+    result = gradient_attributions(str(tmp_path), files, 0, ig_steps=2)
+    (check,) = result["checks"]
+    assert result["max_ig_completeness_error"] > run["results"]["gradients"]["max_ig_completeness_error"]
+    assert check["passed"] is (check["value"] <= 0.05)

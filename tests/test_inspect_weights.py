@@ -5,7 +5,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from tasks.techniques.weights import first_conv_filters, weight_histograms, write_weight_statistics
+from tasks.report.figures import first_conv_filters, weight_histograms
+from tasks.run import layout
+from tasks.techniques.weights import inspect_weights, weight_statistics
 
 
 def test_statistics_have_known_answers(tmp_path):
@@ -15,7 +17,7 @@ def test_statistics_have_known_answers(tmp_path):
         model[0].bias.zero_()
         model[2].weight.fill_(-2.0)
         model[2].bias.copy_(torch.tensor([3.0, 4.0]))
-    stats = write_weight_statistics(model, tmp_path / "weights.parquet")
+    stats = weight_statistics(model)
     assert list(stats["layer"]) == ["0", "0", "2", "2"] and list(stats["tensor"]) == ["weight", "bias"] * 2
     conv = stats.iloc[0]
     assert conv["shape"] == "2x1x3x3" and conv["count"] == 18 and conv["module"] == "Conv2d"
@@ -23,7 +25,16 @@ def test_statistics_have_known_answers(tmp_path):
     assert conv["near_zero_share"] == pytest.approx(1 / 18)
     assert stats.iloc[1]["near_zero_share"] == 1.0  # zero bias
     assert stats.iloc[3]["l2_norm"] == pytest.approx(5.0) and stats.iloc[2]["l1_norm"] == pytest.approx(8.0)
-    assert pq.read_table(tmp_path / "weights.parquet").num_rows == 4
+
+
+def test_the_step_writes_one_row_per_parameter_tensor_of_a_saved_model(tmp_path):
+    from tasks.model.reference import MLPConfig, build_reference_mlp, save_weights
+
+    model = build_reference_mlp(MLPConfig(in_features=5, num_classes=3))
+    save_weights(layout.path(tmp_path, "weights"), model, MLPConfig(in_features=5, num_classes=3), {})
+    result = inspect_weights(str(tmp_path), layout.paths(tmp_path, ["weights"]), 0)
+    table = pq.read_table(result["files"]["weight_statistics"]["path"])
+    assert table.num_rows == len(list(model.parameters())) == 6 and result["checks"] == []
 
 
 def test_figures_are_png(tmp_path):

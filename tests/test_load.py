@@ -7,21 +7,22 @@ import pytest
 
 from tasks.run.artifacts import sha256_file
 from tasks.run.errors import InputError
-from tasks.steps.load import load_data, read_split
+from tasks.run.formats import read_split
+from tasks.steps.load import load_data
 
 
 def test_splits_are_stratified_seeded_parquet_with_documented_schema(imagefolder_dir, tmp_path):
     result = load_data(f"imagefolder:{imagefolder_dir}", tmp_path / "out", seed=3, val_fraction=0.25)
-    train_path, val_path = result["train"]["path"], result["validation"]["path"]
+    train_path, val_path = result["files"]["train"]["path"], result["files"]["validation"]["path"]
     schema = pq.read_schema(train_path)
     assert schema.field("source_id").type == pa.string()
     assert schema.field("label").type == pa.int64()
     assert schema.field("inputs").type == pa.list_(pa.float32(), 3 * 32 * 32)
     assert json.loads(schema.metadata[b"accountability.class_names"]) == ["cats", "dogs", "owls"]
     assert json.loads(schema.metadata[b"accountability.input_shape"]) == [3, 32, 32]
-    assert result["train"]["sha256"] == sha256_file(train_path)
-    assert result["train"]["class_counts"] == [9, 9, 9]
-    assert result["validation"]["class_counts"] == [3, 3, 3]
+    assert result["files"]["train"]["sha256"] == sha256_file(train_path)
+    assert result["class_counts"]["train"] == [9, 9, 9]
+    assert result["class_counts"]["validation"] == [3, 3, 3]
 
     train, val = read_split(train_path), read_split(val_path)
     assert not set(train.source_ids) & set(val.source_ids)
@@ -29,13 +30,13 @@ def test_splits_are_stratified_seeded_parquet_with_documented_schema(imagefolder
 
     again = load_data(f"imagefolder:{imagefolder_dir}", tmp_path / "out", seed=3, val_fraction=0.25)
     assert again["run_dir"] != result["run_dir"]  # every run gets its own directory
-    assert read_split(again["validation"]["path"]).source_ids == val.source_ids  # same seed, same split
+    assert read_split(again["files"]["validation"]["path"]).source_ids == val.source_ids  # same seed, same split
 
 
 def test_round_trip_preserves_pixels(cifar_dir, tmp_path):
     result = load_data(f"cifar10:{cifar_dir}", tmp_path, seed=0, val_fraction=0.5)
-    split = read_split(result["train"]["path"])
-    from tasks.datasets import load_dataset
+    split = read_split(result["files"]["train"]["path"])
+    from tasks.data.sources import load_dataset
 
     data = load_dataset(f"cifar10:{cifar_dir}")
     index = data.source_ids.index(split.source_ids[0])

@@ -40,8 +40,11 @@ def test_bad_cards_are_refused_with_the_file_named(tmp_path, text, message):
         read_model_card(card)
 
 
-def test_the_run_config_checks_the_card_before_anything_runs(tmp_path):
+def test_the_preflight_checks_the_card_and_the_earlier_run_before_anything_runs(tmp_path):
+    from flows.preflight import preflight
+
+    config = RunConfig(model_card=tmp_path / "missing.yaml")  # a plain value: nothing is read yet
     with pytest.raises(InputError, match="does not exist"):
-        RunConfig(model_card=tmp_path / "missing.yaml")
+        preflight(config)
     with pytest.raises(InputError, match="not a finished run directory"):
-        RunConfig(compare=tmp_path)
+        preflight(RunConfig(compare=tmp_path))

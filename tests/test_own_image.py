@@ -6,22 +6,14 @@ import pytest
 from PIL import Image
 from pypdf import PdfReader
 
-from tasks.run.errors import InputError
-from tasks.deepshap.stage import explain_model
-from tasks.steps.load import load_data
 from tasks.report.own_image import explain_image
-from tasks.steps.train import train_model
-from tests.conftest import write_imagefolder
+from tasks.run.errors import InputError
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    root = write_imagefolder(tmp_path_factory.mktemp("images"), {"dark": 10, "mid": 10, "light": 10})
-    loaded = load_data(f"imagefolder:{root}", tmp_path_factory.mktemp("out"), seed=0, val_fraction=0.3)
-    trained = train_model(loaded["train"]["path"], loaded["validation"]["path"], loaded["run_dir"], 2, 8, 0)
-    explain_model(trained["weights"]["path"], loaded["train"]["path"], loaded["validation"]["path"],
-                  loaded["run_dir"], background=6, explain=3, seed=0)
-    return root, loaded["run_dir"]
+def finished_run(image_run):
+    root, result = image_run
+    return root, result["run_dir"]
 
 
 def test_own_image_gets_a_prediction_plot_and_one_page_pdf(finished_run, tmp_path):
@@ -67,11 +59,7 @@ def test_cli_prints_prediction_and_paths(finished_run, tmp_path):
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "does not exist" in bad.stderr
 
 
-def test_a_table_models_run_is_refused(finished_run, tmp_path):
+def test_a_table_models_run_is_refused(finished_run, table_run, tmp_path):
     root, _ = finished_run
-    loaded = load_data("breast-cancer", tmp_path / "out", seed=0, val_fraction=0.2)
-    trained = train_model(loaded["train"]["path"], loaded["validation"]["path"], loaded["run_dir"], 1, 64, 0)
-    explain_model(trained["weights"]["path"], loaded["train"]["path"], loaded["validation"]["path"],
-                  loaded["run_dir"], background=10, explain=2, seed=0)
     with pytest.raises(InputError, match="holds a table model"):
-        explain_image(root / "dark" / "0.png", loaded["run_dir"], tmp_path / "explanations")
+        explain_image(root / "dark" / "0.png", table_run["run_dir"], tmp_path / "explanations")

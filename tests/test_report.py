@@ -6,14 +6,11 @@ import pytest
 from pypdf import PdfReader
 from weasyprint import CSS, HTML
 
-from tasks.run.artifacts import ATTACHMENTS
-from tasks.deepshap.stage import explain_model
-from tasks.steps.load import load_data
-from tasks.run.provenance import environment
-from tasks.report.render import RunFilesFetcher, template_environment
 from tasks.report.build import render_report
-from tasks.steps.train import train_model
-from tests.conftest import write_cifar10
+from tasks.report.render import RunFilesFetcher, fixed, template_environment
+from tasks.run import layout
+from tasks.run.provenance import environment
+from tests.conftest import run_report, write_cifar10
 
 HOSTILE = ['<img src="file:///etc/passwd">', "x{background:url(file:///etc/hostname)}", "<b>bold</b> & co"]
 
@@ -24,8 +21,16 @@ def pdf_text(path) -> str:
 
 def only_figures_and_attachments(url: str, run_dir: str) -> bool:
     """What a report may read: its figures, and the files it embeds."""
-    embedded = {(Path(run_dir) / rel).as_uri() for rel in ATTACHMENTS}
-    return url.startswith(Path(run_dir).as_uri() + "/figures/") or url in embedded
+    embedded = {layout.path(run_dir, key).as_uri() for key in layout.ATTACHMENTS}
+    return url.startswith(layout.folder(run_dir, "figures").as_uri() + "/") or url in embedded
+
+
+def rendered_again(result: dict) -> RunFilesFetcher:
+    """Render a finished run's report once more, through a fetcher that records every URL asked for."""
+    fetcher = RunFilesFetcher(result["run_dir"])
+    render_report(result["run_dir"], result["results"], {"epochs": 1, "background": 5}, environment(), {"id": None},
+                  fetcher=fetcher)
+    return fetcher
 
 
 def test_jinja_environment_autoescapes():
@@ -54,42 +59,36 @@ def test_fetcher_serves_run_files_and_refuses_everything_else(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def hostile_run(tmp_path_factory):
-    """A whole run (without Prefect) on a tiny CIFAR-10 directory whose class names are hostile."""
+def hostile_run(prefect_server, tmp_path_factory):
+    """The whole flow on a tiny CIFAR-10 directory whose class names are hostile."""
     root = write_cifar10(tmp_path_factory.mktemp("cifar"), per_batch=40)
     meta_path = root / "cifar-10-batches-py" / "batches.meta"
     names = HOSTILE + [f"class {i}" for i in range(len(HOSTILE), 10)]
     meta_path.write_bytes(pickle.dumps({"label_names": names}))
-    loaded = load_data(f"cifar10:{root}", tmp_path_factory.mktemp("out"), seed=0, val_fraction=0.5)
-    run_dir = loaded["run_dir"]
-    trained = train_model(loaded["train"]["path"], loaded["validation"]["path"], run_dir, 1, 16, 0)
-    explained = explain_model(trained["weights"]["path"], loaded["train"]["path"], loaded["validation"]["path"],
-                              run_dir, background=5, explain=4, seed=0)
-    fetcher = RunFilesFetcher(run_dir)
-    params = {"dataset": "cifar10", "epochs": 1, "background": 5, "explain": 4, "seed": 0}
-    report = render_report(run_dir, loaded, trained, explained, params, environment(), {"id": None}, fetcher=fetcher)
-    return loaded, report, fetcher
+    _, result = run_report(tmp_path_factory.mktemp("out"), dataset=f"cifar10:{root}", epochs=1, background=5,
+                           explain_rows=4)
+    return result, rendered_again(result)
 
 
 def test_hostile_class_names_come_out_as_text(hostile_run):
-    _, report, fetcher = hostile_run
-    text = pdf_text(report["pdf"]["path"])
+    result, fetcher = hostile_run
+    text = pdf_text(result["pdf"])
     for name in HOSTILE:
         assert name in text
     assert fetcher.refused == []  # nothing in the report asked for a file outside the run
 
 
 def test_renderer_read_only_run_files(hostile_run):
-    loaded, _, fetcher = hostile_run
-    run_uri = loaded["run_dir"]
+    result, fetcher = hostile_run
+    run_uri = result["run_dir"]
     assert fetcher.requested, "the report embeds figures"
     assert all(only_figures_and_attachments(url, run_uri) for url in fetcher.requested)
 
 
 def test_report_pdf_has_every_section_and_metadata(hostile_run):
-    _, report, _ = hostile_run
-    reader = PdfReader(report["pdf"]["path"])
-    text = pdf_text(report["pdf"]["path"])
+    result, _ = hostile_run
+    reader = PdfReader(result["pdf"])
+    text = pdf_text(result["pdf"])
     for heading in ("Model compliance report", "1. Purpose and use", "2. Design and data", "Model and training",
                     "Weights and biases", "3. Performance and testing", "Explanations of individual decisions",
                     "Misclassified images", "Explanation quality", "5. Limitations", "6. Monitoring and changes",
@@ -101,10 +100,8 @@ def test_report_pdf_has_every_section_and_metadata(hostile_run):
 
 @pytest.fixture(scope="module")
 def hostile_table_run(prefect_server, tmp_path_factory):
-    """A whole table run with every technique (without Prefect); hostile column and class names."""
+    """The whole flow on a table whose column and class names are hostile."""
     import pandas as pd
-
-    from flows.compliance_report import explain_further
 
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({name: rng.normal(size=120) for name in HOSTILE[1:]})
@@ -112,27 +109,20 @@ def hostile_table_run(prefect_server, tmp_path_factory):
     frame["target"] = np.where(frame["plain"] > 0, HOSTILE[0], "ok")
     path = tmp_path_factory.mktemp("table") / "hostile.csv"
     frame.to_csv(path, index=False)
-    loaded = load_data(f"csv:{path}", tmp_path_factory.mktemp("out"), seed=0, val_fraction=0.3, label="target")
-    run_dir = loaded["run_dir"]
-    trained = train_model(loaded["train"]["path"], loaded["validation"]["path"], run_dir, 3, 16, 0)
-    explained = explain_model(trained["weights"]["path"], loaded["train"]["path"], loaded["validation"]["path"],
-                              run_dir, background=20, explain=6, seed=0)
-    analyses = explain_further(run_dir, loaded, trained, explained, 0)  # the flow's own wiring of the steps
-    fetcher = RunFilesFetcher(run_dir)
-    params = {"dataset": "csv", "epochs": 3, "background": 20, "explain": 6, "seed": 0}
-    report = render_report(run_dir, loaded, trained, explained, params, environment(), {"id": None}, analyses, fetcher)
-    return loaded, report, fetcher
+    _, result = run_report(tmp_path_factory.mktemp("out"), dataset=f"csv:{path}", label="target", epochs=3,
+                           background=20, explain_rows=6)
+    return result, rendered_again(result)
 
 
 def test_hostile_column_and_class_names_in_a_table_report_come_out_as_text(hostile_table_run):
-    loaded, report, fetcher = hostile_table_run
-    text = " ".join(pdf_text(report["pdf"]["path"]).split())
+    result, fetcher = hostile_table_run
+    text = " ".join(pdf_text(result["pdf"]).split())
     for name in HOSTILE:
         assert " ".join(name.split()) in text, name
     for heading in ("Permutation feature importance", "Partial dependence and ICE", "LIME", "Method agreement"):
         assert heading in text
     assert fetcher.refused == []
-    assert all(only_figures_and_attachments(url, loaded["run_dir"]) for url in fetcher.requested)
+    assert all(only_figures_and_attachments(url, result["run_dir"]) for url in fetcher.requested)
 
 
 _OPENED: list[str] | None = None  # set while a test records the files Python opens
@@ -172,3 +162,7 @@ def test_rendering_opens_no_file_outside_the_run_except_code_and_templates(tmp_p
     assert outside == []
     assert any(Path(p).resolve() == (run_dir / "figures" / "plot.png").resolve() for p in opened)
     assert not any("secret" in p or p.startswith("/etc/") for p in opened)
+
+
+def test_numbers_that_round_to_zero_print_without_a_minus_sign():
+    assert fixed(-0.00001, 4) == "0.0000" and fixed(-0.00006, 4) == "-0.0001" and fixed(0.12345, 3) == "0.123"

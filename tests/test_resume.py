@@ -16,12 +16,12 @@ from safetensors import safe_open
 
 from tasks.run.artifacts import sha256_file
 from tasks.run.errors import InputError
-from tasks.run.resume import RUN_RECORD, resumable_parameters
+from tasks.run import layout
+from tasks.run.resume import resumable_parameters
 from tests.conftest import subflow_run, task_runs
 
 PARAMS = ["--dataset", "breast-cancer", "--epochs", "2", "--background", "30", "--explain", "6", "--shard-size", "2"]
-COMPARED = ["model/model.safetensors", "explain/shap_values.parquet", "explain/lime.parquet",
-            "explain/kernel_shap.parquet", "analysis/permutation_importance.parquet", "quality/stability.parquet"]
+COMPARED = ["weights", "shap_values", "lime", "kernel_shap", "permutation_importance", "stability"]
 
 
 def task_states(flow_run_id) -> dict[str, list[str]]:
@@ -43,7 +43,7 @@ def run_flow(**parameters):
 @pytest.fixture(scope="module")
 def uninterrupted(prefect_server, tmp_path_factory):
     out = tmp_path_factory.mktemp("whole")
-    _, result = run_flow(dataset="breast-cancer", epochs=2, background=30, explain=6, shard_size=2, out=str(out))
+    _, result = run_flow(dataset="breast-cancer", epochs=2, background=30, explain_rows=6, shard_size=2, out=str(out))
     return Path(result["run_dir"])
 
 
@@ -69,7 +69,7 @@ def kill_when(trigger: str, out: Path, tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("trigger", ["explain/shards/shard-000002-000004.parquet",  # the SHAP stage's second shard
+@pytest.mark.parametrize("trigger", ["deepshap/shards/shard-000002-000004.parquet",  # the SHAP stage's second shard
                                      "figures/training_curves.png"])  # the report
 def test_killed_run_resumes_with_cached_steps_and_matches_an_uninterrupted_one(uninterrupted, tmp_path, trigger):
     run_dir = kill_when(trigger, tmp_path / "reports", tmp_path)
@@ -87,26 +87,26 @@ def test_killed_run_resumes_with_cached_steps_and_matches_an_uninterrupted_one(u
     assert result["run_dir"] == str(run_dir)
     states = task_states(state.state_details.flow_run_id)
     assert states["train"] == ["Cached"] and states["report"] == ["Completed"]
-    shap = task_states(subflow_run(state.state_details.flow_run_id, "explain").id)
-    assert shap["explain-plan"] == ["Cached"] and len(shap["explain-shard"]) == 3
-    if trigger.startswith("explain/"):  # killed among the shards: the finished ones are reused, any others run
-        assert "Cached" in shap["explain-shard"] and set(shap["explain-shard"]) <= {"Cached", "Completed"}
+    shap = task_states(subflow_run(state.state_details.flow_run_id, "deepshap").id)
+    assert shap["deepshap-plan"] == ["Cached"] and len(shap["deepshap-shard"]) == 3
+    if trigger.startswith("deepshap/"):  # killed among the shards: the finished ones are reused, any others run
+        assert "Cached" in shap["deepshap-shard"] and set(shap["deepshap-shard"]) <= {"Cached", "Completed"}
     else:
-        assert set(shap["explain-shard"]) == {"Cached"} and shap["explain-merge"] == ["Cached"]
+        assert set(shap["deepshap-shard"]) == {"Cached"} and shap["deepshap-merge"] == ["Cached"]
     from tasks.run.verify import verify_run
 
     assert verify_run(run_dir) == []
-    for rel in COMPARED:
-        assert sha256_file(run_dir / rel) == sha256_file(uninterrupted / rel), rel
+    for key in COMPARED:
+        assert sha256_file(layout.path(run_dir, key)) == sha256_file(layout.path(uninterrupted, key)), key
     assert not list(run_dir.rglob(".*.tmp"))
 
 
 def test_a_finished_or_foreign_directory_cannot_be_resumed(tmp_path):
     with pytest.raises(InputError, match="no such run directory"):
         resumable_parameters(tmp_path / "missing")
-    with pytest.raises(InputError, match=f"no {RUN_RECORD}"):
+    with pytest.raises(InputError, match="no run.json"):
         resumable_parameters(tmp_path)
-    (tmp_path / RUN_RECORD).write_text(json.dumps({"dataset": "digits"}))
+    layout.path(tmp_path, "run_record").write_text(json.dumps({"dataset": "digits"}))
     (tmp_path / "manifest.json").write_text("{}")
     with pytest.raises(InputError, match="the run finished"):
         resumable_parameters(tmp_path)

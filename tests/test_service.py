@@ -76,7 +76,7 @@ def deployed_run(stack) -> dict:
     out = stack["base"] / "on-demand"
     started = subprocess.run(
         [str(ROOT / ".venv" / "bin" / "prefect"), "deployment", "run", "compliance_report/monthly",
-         "-p", "dataset=breast-cancer", "-p", "epochs=1", "-p", "background=20", "-p", "explain=4", "-p", f"out={out}"],
+         "-p", "dataset=breast-cancer", "-p", "epochs=1", "-p", "background=20", "-p", "explain_rows=4", "-p", f"out={out}"],
         env=stack["env"], capture_output=True, text=True, timeout=120, check=True)
     flow_run_id = started.stdout.split("/runs/flow-run/")[1].split()[0].strip()
     deadline = time.monotonic() + 480
@@ -94,7 +94,7 @@ def test_a_deployed_report_runs_its_shap_stage_on_the_gpu_worker(stack, deployed
 
     children = api(stack, "/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [flow_run_id]}},
                                                 "limit": 5, "offset": 0, "sort": "START_TIME_DESC"})
-    gpu_deployment = api(stack, "/deployments/name/explain/gpu")
+    gpu_deployment = api(stack, "/deployments/name/deepshap/gpu")
     (child,) = [c for c in children if c["deployment_id"] == gpu_deployment["id"]]
     assert child["state_type"] == "COMPLETED" and child["work_pool_name"] == "gpu"
     gpu_log = (stack["base"] / "state" / "worker-gpu.log").read_text()

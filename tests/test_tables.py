@@ -7,9 +7,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tasks.datasets import load_dataset
+from tasks.data.sources import load_dataset
 from tasks.run.errors import InputError
-from tasks.steps.load import load_data, read_split
+from tasks.run.formats import read_split
+from tasks.steps.load import load_data
 from tasks.model.reference import load_weights
 from tasks.steps.train import reference_model, train_model
 
@@ -83,16 +84,16 @@ def test_corrupt_files_and_missing_label_option(tmp_path):
 
 def test_the_mlp_standardises_in_its_first_layer_and_round_trips(tmp_path):
     loaded = load_data("breast-cancer", tmp_path, seed=0, val_fraction=0.2)
-    train = read_split(loaded["train"]["path"])
+    train = read_split(loaded["files"]["train"]["path"])
     assert train.modality == "table" and train.feature_names[0] == "mean radius"
     model, config = reference_model(train)
     with torch.no_grad():
         z = model[0](torch.from_numpy(train.inputs)).double().numpy()
     np.testing.assert_allclose(z.mean(0), 0, atol=1e-4)
     np.testing.assert_allclose(z.std(0), 1, atol=1e-3)
-    trained = train_model(loaded["train"]["path"], loaded["validation"]["path"], loaded["run_dir"], 2, 64, 0)
+    trained = train_model(loaded["files"]["train"]["path"], loaded["files"]["validation"]["path"], loaded["run_dir"], 2, 64, 0)
     assert trained["final_validation"]["accuracy"] > 0.85
-    model, config, _ = load_weights(trained["weights"]["path"])
+    model, config, _ = load_weights(trained["files"]["weights"]["path"])
     assert config.in_features == 30 and config.hidden == 64
     assert not model[0].weight.requires_grad
 

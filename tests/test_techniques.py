@@ -13,11 +13,11 @@ from tasks.techniques.groups import feature_columns, image_channels, image_regio
 from tasks.techniques.gradients import integrated_gradients
 from tasks.techniques.kernel_shap import kernel_shap_patches, kernel_shap_tabular
 from tasks.techniques.lime_surrogates import lime_images, lime_tabular
-from tasks.steps.load import Split
+from tasks.run.formats import Split
 from tasks.techniques.partial_dependence import TorchClassifier, pd_curves
 from tasks.techniques.permutation import grouped_permutation_importance
 from tasks.techniques.slices import slice_table
-from tasks.steps.train import predict_proba
+from tasks.model.predict import predict_proba
 
 
 def linear_model(weights: list[list[float]]) -> nn.Sequential:

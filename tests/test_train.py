@@ -6,8 +6,10 @@ from safetensors.torch import save_file
 
 from tasks.run.artifacts import sha256_file
 from tasks.run.errors import InputError
-from tasks.steps.load import load_data, read_split
-from tasks.model.reference import CNNConfig, build_reference_cnn, load_weights, probabilities
+from tasks.run.formats import read_split
+from tasks.steps.load import load_data
+from tasks.model.predict import probabilities
+from tasks.model.reference import CNNConfig, build_reference_cnn, load_weights
 from tasks.steps.train import predict_logits, train_model
 
 
@@ -25,39 +27,39 @@ def test_reference_cnn_shape_and_layers():
 @pytest.fixture
 def trained(imagefolder_dir, tmp_path):
     loaded = load_data(f"imagefolder:{imagefolder_dir}", tmp_path / "out", seed=0, val_fraction=0.25)
-    result = train_model(loaded["train"]["path"], loaded["validation"]["path"], loaded["run_dir"],
+    result = train_model(loaded["files"]["train"]["path"], loaded["files"]["validation"]["path"], loaded["run_dir"],
                          epochs=3, batch_size=8, seed=0)
     return loaded, result
 
 
 def test_training_writes_metrics_and_weights_that_reload(trained):
     loaded, result = trained
-    metrics = pd.read_parquet(result["metrics"]["path"])
+    metrics = pd.read_parquet(result["files"]["metrics"]["path"])
     assert list(metrics.columns) == ["epoch", "split", "loss", "accuracy", "precision_macro", "recall_macro", "f1_macro"]
     assert len(metrics) == 6 and set(metrics["split"]) == {"train", "validation"}
     assert metrics[["accuracy", "precision_macro", "recall_macro", "f1_macro"]].apply(lambda c: c.between(0, 1)).all().all()
-    per_class = pd.read_parquet(result["metrics_per_class"]["path"])
+    per_class = pd.read_parquet(result["files"]["metrics_per_class"]["path"])
     assert len(per_class) == 3 * 2 * 3 and set(per_class["class_name"]) == {"cats", "dogs", "owls"}
     last_val = per_class[(per_class.epoch == 3) & (per_class.split == "validation")]
     assert last_val["support"].sum() == 9
 
-    model, config, training = load_weights(result["weights"]["path"])
+    model, config, training = load_weights(result["files"]["weights"]["path"])
     assert config.in_channels == 3 and config.num_classes == 3
     assert training["seed"] == 0 and training["epochs"] == 3
-    val = read_split(loaded["validation"]["path"])
+    val = read_split(loaded["files"]["validation"]["path"])
     accuracy = (predict_logits(model, val.inputs).argmax(1).numpy() == val.labels).mean()
     assert accuracy == pytest.approx(result["final_validation"]["accuracy"])
 
 
 def test_training_is_deterministic_for_a_seed(trained, tmp_path):
     loaded, first = trained
-    again = train_model(loaded["train"]["path"], loaded["validation"]["path"], tmp_path / "again",
+    again = train_model(loaded["files"]["train"]["path"], loaded["files"]["validation"]["path"], tmp_path / "again",
                         epochs=3, batch_size=8, seed=0)
 
-    assert sha256_file(again["weights"]["path"]) == sha256_file(first["weights"]["path"])
-    other = train_model(loaded["train"]["path"], loaded["validation"]["path"], tmp_path / "other",
+    assert sha256_file(again["files"]["weights"]["path"]) == sha256_file(first["files"]["weights"]["path"])
+    other = train_model(loaded["files"]["train"]["path"], loaded["files"]["validation"]["path"], tmp_path / "other",
                         epochs=3, batch_size=8, seed=1)
-    assert sha256_file(other["weights"]["path"]) != sha256_file(first["weights"]["path"])
+    assert sha256_file(other["files"]["weights"]["path"]) != sha256_file(first["files"]["weights"]["path"])
 
 
 def test_weights_that_do_not_fit_are_refused(trained, tmp_path):
@@ -66,7 +68,7 @@ def test_weights_that_do_not_fit_are_refused(trained, tmp_path):
     wrong = tmp_path / "wrong.safetensors"
     from safetensors import safe_open
 
-    with safe_open(result["weights"]["path"], framework="pt") as handle:  # its metadata says 3 channels
+    with safe_open(result["files"]["weights"]["path"], framework="pt") as handle:  # its metadata says 3 channels
         metadata = handle.metadata()
     save_file({k: v.contiguous() for k, v in state.items()}, str(wrong), metadata=metadata)
     with pytest.raises(InputError, match="do not fit the model"):

@@ -4,8 +4,9 @@ import sys
 
 import pytest
 
-from tasks.run.artifacts import ATTACHMENTS, PRE_MANIFEST_NAME, write_manifest
 from tasks.report.render import render_pdf
+from tasks.run import layout
+from tasks.run.artifacts import write_manifest
 from tasks.run.errors import InputError
 from tasks.run.verify import verify_run
 
@@ -16,11 +17,12 @@ def run_dir(tmp_path):
     run = tmp_path / "run"
     (run / "data").mkdir(parents=True)
     (run / "data" / "train.parquet").write_bytes(b"PAR1 some data PAR1")
-    for rel in ATTACHMENTS:
+    attachments = {layout.FILES[key]: text for key, text in layout.ATTACHMENTS.items()}
+    for rel in attachments:
         (run / rel).parent.mkdir(parents=True, exist_ok=True)
         (run / rel).write_bytes(f"contents of {rel}".encode())
     render_pdf("audit_probe.html.j2", {"name": "run", "figure": "none.png", "escape": "none.png", "css": ""}, run,
-               run / "report.pdf", attachments=ATTACHMENTS)
+               run / "report.pdf", attachments=attachments)
     write_manifest(run)
     return run
 
@@ -29,7 +31,7 @@ def test_intact_run_verifies(run_dir):
     assert verify_run(run_dir) == []
 
 
-@pytest.mark.parametrize("name", ["report.pdf", "data/train.parquet", PRE_MANIFEST_NAME])
+@pytest.mark.parametrize("name", ["report.pdf", "data/train.parquet", layout.FILES["artifacts"]])
 def test_one_changed_byte_in_any_artifact_is_caught(run_dir, name):
     path = run_dir / name
     data = bytearray(path.read_bytes())
@@ -39,9 +41,9 @@ def test_one_changed_byte_in_any_artifact_is_caught(run_dir, name):
 
 
 def test_a_file_changed_and_re_manifested_still_differs_from_the_pdfs_copy(run_dir):
-    (run_dir / PRE_MANIFEST_NAME).write_text('{"files": {}}')
+    (run_dir / layout.FILES["artifacts"]).write_text('{"files": {}}')
     write_manifest(run_dir)  # the tamperer rewrites the manifest too; the PDF still carries the original
-    assert verify_run(run_dir) == [f"report.pdf carries a {PRE_MANIFEST_NAME} that differs from the run directory's"]
+    assert verify_run(run_dir) == ["report.pdf carries a artifacts.json that differs from the run directory's"]
 
 
 def test_missing_and_added_files_are_caught(run_dir):

@@ -8,6 +8,7 @@ makes the summary's warnings, the table of checks, Limitations and the manifest'
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,15 +28,14 @@ from tasks.run.checks import Check, failed
 from tasks.run.checks import limitations as check_limitations
 from tasks.run.formats import file_ref, read_shap_values, read_split
 from tasks.steps.model_card import store_model_card
-from tasks.techniques.registry import TECHNIQUES
+from tasks.techniques import registry
 
 MAX_SAMPLE_IMAGES = 8
-CORE_RESULTS = ("deepshap", "compare")  # results besides the techniques' that carry checks
 
 
 def run_checks(results: dict) -> list[Check]:
     """Every check the run's steps made, in the order the report shows the steps."""
-    order = ["deepshap", *(t.name for t in TECHNIQUES), "compare"]
+    order = ["deepshap", *(t.name for t in registry.TECHNIQUES), "compare"]
     return [Check.from_json(c) for name in order if name in results for c in results[name].get("checks", [])]
 
 
@@ -76,6 +76,7 @@ def render_report(run_dir: Path, results: dict, params: dict, environment: dict,
     `timings` (step name -> wall seconds) goes to section 7 and the manifest. `fetcher` (default:
     a fresh one for `run_dir`) is the only way the renderer reads files.
     """
+    started = time.perf_counter()
     run_dir = Path(run_dir)
     load, train, shap = results["load"], results["train"], results["deepshap"]
     model, model_config, training = load_weights(layout.path(run_dir, "weights"))
@@ -93,7 +94,7 @@ def render_report(run_dir: Path, results: dict, params: dict, environment: dict,
 
     samples = None if is_table else figures.sample_grid(data.train.inputs, data.train.labels, names,
                                                         data.figure("samples.png"), MAX_SAMPLE_IMAGES)
-    shown = [t for t in TECHNIQUES if t.name in results or (t.step is None and data.modality in t.modalities)]
+    shown = [t for t in registry.applicable(data.modality) if t.name in results or t.step is None]
     last_val = per_class[(per_class["split"] == "validation") & (per_class["epoch"] == per_class["epoch"].max())]
     final = train["final_validation"]
     model_card = results.get("model-card") or store_model_card(None, run_dir)
@@ -161,9 +162,11 @@ def render_report(run_dir: Path, results: dict, params: dict, environment: dict,
     context["appendix"]["artifacts"] = [{"path": p, **info} for p, info in pre_manifest["files"].items()]
     pdf = render_pdf("report.html.j2", context, run_dir, layout.path(run_dir, "report"), fetcher=fetcher,
                      attachments=context["appendix"]["attachments"])
+    extra["step_seconds"] = {**extra["step_seconds"], "report": round(time.perf_counter() - started, 3)}
     manifest = write_manifest(run_dir, {**extra, "environment": environment})
     return {"files": {"report": file_ref(pdf), "manifest": file_ref(manifest)},
             "checks_failed": len(context["failed_checks"]), "n_checks": len(checks),
+            "failed": [f"{c['method']}: {c['property']}" for c in context["failed_checks"]],
             "limitations": len(context["limitations"])}
 
 

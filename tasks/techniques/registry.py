@@ -85,9 +85,9 @@ TECHNIQUES: tuple[Technique, ...] = (
 )
 
 
-def applicable(modality: str, techniques=TECHNIQUES) -> list[Technique]:
-    """The techniques that apply to data of this kind, in report order."""
-    return [t for t in techniques if modality in t.modalities]
+def applicable(modality: str) -> list[Technique]:
+    """The registry's techniques that apply to data of this kind, in report order."""
+    return [t for t in TECHNIQUES if modality in t.modalities]
 
 
 def run_order(techniques) -> list[Technique]:

@@ -26,7 +26,7 @@ def main() -> None:
 
     from bench_explain_streaming import prepare
     from flows.explain import explain_flow
-    from tasks.deepshap.stage import read_shap_values
+    from tasks.run.formats import read_shap_values
 
     n_images = int(sys.argv[1]) if len(sys.argv) > 1 else 48
     shard_size = int(sys.argv[2]) if len(sys.argv) > 2 else 4

@@ -47,7 +47,8 @@ def build(seed: int, n_background: int, n_images: int):
     logits for every image, where DeepLIFT's near-zero cut-offs decide and nothing is compared)."""
     import torch
 
-    from tasks.model.reference import CNNConfig, build_reference_cnn, probabilities
+    from tasks.model.predict import probabilities
+from tasks.model.reference import CNNConfig, build_reference_cnn
 
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed + 1)

@@ -36,7 +36,7 @@ def prepare(run_dir: Path, n_images: int) -> None:
 
     from bench_deep_shap import build, synthetic_images
     from tasks.run.artifacts import write_parquet_atomic
-    from tasks.steps.load import split_table
+    from tasks.run.formats import split_table
     from tasks.model.reference import CNNConfig, save_weights
 
     model, background, _ = build(0, 256, 1)
