@@ -3,7 +3,7 @@
 Not collected by pytest. Run: ``.venv/bin/python tests/benchmarks/bench_dask_shards.py [IMAGES] [SHARD_SIZE]``
 (default 48 images in shards of 4, background 200, CIFAR-shaped images, the reference CNN).
 
-Each configuration runs the real `explain` flow (plan -> shards -> merge, on Prefect's local ephemeral
+Each configuration runs the real `deepshap` flow (plan -> shards -> merge, on Prefect's local ephemeral
 server) into its own run directory from the same weights and splits, and is timed end to end, the
 Dask cluster's start and stop included. The values must be the same bits in every configuration.
 Last line, machine-readable: seconds_inprocess=A seconds_dask1=B seconds_dask2=C speedup_2_over_1=B/C
@@ -25,7 +25,7 @@ def main() -> None:
     import numpy as np
 
     from bench_explain_streaming import prepare
-    from flows.explain import explain_flow
+    from flows.deepshap import deepshap_flow
     from tasks.run.formats import read_shap_values
 
     n_images = int(sys.argv[1]) if len(sys.argv) > 1 else 48
@@ -33,18 +33,15 @@ def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     configurations = {"inprocess": {}, "dask1": {"dask_workers": 1}, "dask2": {"dask_workers": 2}}
     with tempfile.TemporaryDirectory() as tmp:
-        inputs = Path(tmp) / "inputs"
-        inputs.mkdir()
-        prepare(inputs, n_images)
         seconds, values = {}, {}
         for name, options in configurations.items():
+            run_dir = Path(tmp) / name
+            prepare(run_dir, n_images)  # the same splits and weights (seeded) in each configuration's run directory
             start = time.perf_counter()
-            result = explain_flow(weights_path=str(inputs / "model.safetensors"),
-                                  train_path=str(inputs / "train.parquet"),
-                                  validation_path=str(inputs / "validation.parquet"), run_dir=str(Path(tmp) / name),
-                                  background=200, explain=n_images, seed=0, shard_size=shard_size, **options)
+            result = deepshap_flow(run_dir=str(run_dir), background=200, rows=n_images, seed=0, shard_size=shard_size,
+                                   **options)
             seconds[name] = time.perf_counter() - start
-            values[name], _ = read_shap_values(Path(result["shap_values"]["path"]))
+            values[name], _ = read_shap_values(result["files"]["shap_values"]["path"])
             print(f"{name:>9}: {seconds[name]:6.1f} s for {n_images} images in shards of {shard_size} "
                   f"({seconds[name] / n_images:.2f} s/image), largest additivity error "
                   f"{result['max_additivity_error']:.1e}")
