@@ -1,7 +1,6 @@
 """An auditor's view of a run: PDF/A-3b metadata and attachments, and determinism for a seed."""
 
 import json
-from pathlib import Path
 
 import pytest
 from pypdf import PdfReader

@@ -22,6 +22,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 from scipy.stats import spearmanr
 
+from tasks.report import figures
+from tasks.report.sections import TOP_TABLE_ROWS, ReportData, file_of
 from tasks.run import layout
 from tasks.run.checks import SECTION_QUALITY, Check
 from tasks.run.formats import read_kernel_shap, read_shap_values, read_split, write_frame
@@ -101,3 +103,19 @@ def measure_agreement(run_dir: str, files: dict[str, str], seed: int) -> dict:
     return {"files": {"agreement": write_frame(layout.path(run_dir, "agreement"), table)},
             "checks": [check.to_json()], "n_flagged_rows": n_flagged,
             "mean_spearman": json.loads(summary.to_json(orient="records"))}
+
+
+def agreement_section(data: ReportData, result: dict) -> dict:
+    table = pd.read_parquet(file_of(result, "agreement"))
+    methods = list(dict.fromkeys(list(table["method_a"]) + list(table["method_b"])))
+    matrix = pd.DataFrame(np.eye(len(methods)), index=methods, columns=methods)
+    pairs = table.groupby(["method_a", "method_b"], sort=False).agg(
+        spearman=("spearman", "mean"), top_overlap=("top_overlap", "mean"), flagged=("flagged", "sum"),
+        rows=("position", "nunique")).reset_index()
+    for pair in pairs.itertuples():
+        matrix.loc[pair.method_a, pair.method_b] = matrix.loc[pair.method_b, pair.method_a] = pair.spearman
+    figure = figures.agreement_matrix(matrix, data.figure("agreement.png"))
+    flagged = table[table["flagged"]]
+    return {"figure": data.rel(figure), "pairs": pairs.to_dict("records"), "threshold": THRESHOLD,
+            "n_rows": int(table["position"].nunique()), "n_flagged_rows": len(flagged_rows(table)),
+            "flagged": flagged.sort_values("spearman").head(TOP_TABLE_ROWS).to_dict("records")}

@@ -33,6 +33,8 @@ from torch import nn
 from tasks.deepshap.stage import ENGINES, select_background
 from tasks.model.predict import predict_proba, probabilities
 from tasks.model.reference import load_weights
+from tasks.report import figures
+from tasks.report.sections import ReportData, file_of
 from tasks.run import layout
 from tasks.run.checks import SECTION_QUALITY, Check
 from tasks.run.formats import background_images, read_shap_values, read_split, write_frame
@@ -191,3 +193,17 @@ def check_faithfulness(run_dir: str, files: dict[str, str], seed: int, engine: s
     result.update({"stability_mean": mean, "stability_overlap": float(stability["top_overlap"].mean()),
                    "stability_threshold": STABILITY_THRESHOLD, "n_rows": len(rows)})
     return {"files": written, "checks": [c.to_json() for c in checks], **result}
+
+
+def faithfulness_section(data: ReportData, result: dict) -> dict:
+    """Randomisation curve, deletion/insertion curves and their areas, stability figures."""
+    randomisation = pd.read_parquet(file_of(result, "randomisation"))
+    section = {**{k: v for k, v in result.items() if k not in ("files", "checks")},
+               "randomisation_figure": data.rel(figures.randomisation_curve(
+                   randomisation, result["randomisation_threshold"], data.figure("randomisation.png"))),
+               "deletion_figure": None}
+    if "deletion_insertion" in result["files"]:
+        curves = pd.read_parquet(file_of(result, "deletion_insertion"))
+        section["deletion_figure"] = data.rel(figures.deletion_insertion_curves(curves,
+                                                                                 data.figure("deletion_insertion.png")))
+    return section

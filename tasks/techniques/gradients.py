@@ -17,6 +17,9 @@ from captum.attr import IntegratedGradients, Saliency
 
 from tasks.model.predict import probabilities
 from tasks.model.reference import load_weights
+from tasks.report import figures
+from tasks.report.narrative import row_labels
+from tasks.report.sections import MAX_MAP_ROWS, ReportData, file_of
 from tasks.run import layout
 from tasks.run.artifacts import write_parquet_atomic
 from tasks.run.checks import SECTION_QUALITY, Check
@@ -64,3 +67,25 @@ def gradient_attributions(run_dir: str, files: dict[str, str], seed: int, ig_ste
                   f"{IG_THRESHOLD:g}: its maps do not account for the whole change in output.")
     return {"files": {"gradients": file_ref(path)}, "checks": [check.to_json()], "steps": ig_steps,
             "max_ig_completeness_error": float(errors.max()), "mean_ig_completeness_error": float(errors.mean())}
+
+
+def gradient_section(data: ReportData, result: dict) -> dict:
+    """Saliency and IG maps (images) or an IG heatmap (tables), and IG's completeness."""
+    split, names = data.validation, data.names
+    table = pq.read_table(file_of(result, "gradients")).to_pandas()
+    shape = split.inputs.shape[1:]
+    shown = table.head(MAX_MAP_ROWS)
+    ig = np.stack(table["integrated_gradients"].to_numpy()).reshape(-1, *shape)
+    labels = row_labels(table.rename(columns={"class_index": "predicted"}), names)
+    if split.modality == "table":
+        figure = figures.attribution_heatmap(ig, labels, split.feature_names, data.figure("gradients.png"),
+                                             "Integrated Gradients of the predicted class")
+    else:
+        figure = figures.gradient_grid(
+            split.rows_of(shown["source_id"]),
+            np.stack(shown["saliency"].to_numpy()).reshape(-1, *shape), ig[: len(shown)],
+            [f"{sid[:22]}\nclass {names[k][:12]}" for sid, k in zip(shown["source_id"], shown["class_index"])],
+            data.figure("gradients.png"))
+    return {"figure": data.rel(figure), "max": result["max_ig_completeness_error"],
+            "mean": result["mean_ig_completeness_error"], "n": len(table),
+            "shown": len(shown) if split.modality == "image" else len(table), "steps": result["steps"]}

@@ -22,10 +22,13 @@ import pyarrow.parquet as pq
 
 from tasks.model.predict import predict_proba
 from tasks.model.reference import load_weights
+from tasks.report import figures
+from tasks.report.narrative import row_labels
+from tasks.report.sections import ReportData, file_of, rows_at
 from tasks.run import layout
 from tasks.run.artifacts import write_parquet_atomic
 from tasks.run.checks import SECTION_QUALITY, Check
-from tasks.run.formats import META_PLAYERS, background_images, file_ref, read_split
+from tasks.run.formats import META_PLAYERS, background_images, file_ref, read_kernel_shap, read_split
 from tasks.run.progress import progress_bar
 from tasks.techniques.groups import KERNEL_GRID, FeatureGroups, feature_columns, image_regions
 
@@ -111,3 +114,18 @@ def explain_kernel_shap(run_dir: str, files: dict[str, str], seed: int) -> dict:
                   f"{ADDITIVITY_THRESHOLD:g}: some of its explanations do not account for the model's output.")
     return {"files": {"kernel_shap": file_ref(path)}, "checks": [check.to_json()], "n_rows": n,
             "max_additivity_error": float(errors.max()), "n_samples": N_SAMPLES[val.modality]}
+
+
+def kernel_shap_section(data: ReportData, result: dict) -> dict:
+    """Kernel SHAP of the predicted class: a heatmap of rows x features (tables; images: with LIME's section)."""
+    frame, kernel_values, players = read_kernel_shap(file_of(result, "kernel_shap"))
+    positions = list(dict.fromkeys(frame["position"]))
+    rows = rows_at(data.explained, positions)
+    section = {"n": len(positions), "samples": result["n_samples"], "max_additivity": result["max_additivity_error"],
+               "figure": None}
+    if data.modality == "table":
+        kernel_pred = kernel_values[np.arange(len(positions)), rows["predicted"].to_numpy()]  # (n, players)
+        section["figure"] = data.rel(figures.attribution_heatmap(
+            kernel_pred, row_labels(rows, data.names), players, data.figure("kernel_shap.png"),
+            "Kernel SHAP of the predicted class"))
+    return section

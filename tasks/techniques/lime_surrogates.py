@@ -22,13 +22,18 @@ import pyarrow.parquet as pq
 
 from tasks.model.predict import predict_proba
 from tasks.model.reference import load_weights
+from tasks.report import figures
+from tasks.report.narrative import row_labels
+from tasks.report.sections import MAX_MAP_ROWS, ReportData, file_of, rows_at
 from tasks.run import layout
 from tasks.run.artifacts import write_parquet_atomic
-from tasks.run.formats import Split, file_ref, read_split
+from tasks.run.formats import Split, file_ref, read_kernel_shap, read_split
 from tasks.run.progress import progress_bar
+from tasks.techniques.groups import KERNEL_GRID, image_regions
 
 N_SAMPLES = {"table": 2000, "image": 400}  # perturbed samples per explained row
 SUPERPIXELS = 40  # SLIC segments asked for per 32x32 image
+LIME_CONDITIONS = 4  # LIME conditions listed per row in the report
 
 
 def lime_tabular(predict: Callable, train: Split, rows: np.ndarray, targets: np.ndarray, seed: int,
@@ -115,3 +120,37 @@ def explain_lime(run_dir: str, files: dict[str, str], seed: int) -> dict:
     path = write_parquet_atomic(layout.path(run_dir, "lime"), table)
     return {"files": {"lime": file_ref(path)}, "checks": [],
             "mean_score": float(np.mean([r["score"] for r in results])), "n_samples": N_SAMPLES[val.modality]}
+
+
+def lime_section(data: ReportData, result: dict) -> dict:
+    """LIME weights of the predicted class: a heatmap and conditions (tables), or maps beside Kernel SHAP's (images)."""
+    split, names = data.validation, data.names
+    lime_rows = pq.read_table(file_of(result, "lime")).to_pandas()
+    shape = split.inputs.shape[1:]
+    lime_values = np.stack(lime_rows["values"].to_numpy()).reshape(-1, *shape)
+    section = {"n": len(lime_rows), "samples": result["n_samples"], "mean_score": result["mean_score"],
+               "figure": None, "maps_figure": None, "reasons": []}
+    if data.modality == "table":
+        section["figure"] = data.rel(figures.attribution_heatmap(
+            lime_values, row_labels(lime_rows.assign(predicted=lime_rows["class_index"]), names), split.feature_names,
+            data.figure("lime.png"), "LIME weights of the predicted class"))
+        section["reasons"] = [{"source_id": sid, "reasons": json.loads(reasons)[:LIME_CONDITIONS]}
+                              for sid, reasons in zip(lime_rows["source_id"], lime_rows["reasons"])][:MAX_MAP_ROWS]
+        return section
+    kernel_path = layout.path(data.run_dir, "kernel_shap")
+    if not kernel_path.is_file():
+        return section
+    frame, kernel_values, _ = read_kernel_shap(kernel_path)
+    shown = list(dict.fromkeys(frame["position"]))[:MAX_MAP_ROWS]
+    rows = rows_at(data.explained, shown)
+    kernel_pred = kernel_values[np.arange(len(shown)), rows["predicted"].to_numpy()]
+    patches = image_regions(tuple(shape), KERNEL_GRID)
+    lime_by_position = dict(zip(lime_rows["position"], lime_values))
+    maps = {
+        "Kernel SHAP": patches.spread(kernel_pred).sum(1),  # a patch's value shared by its pixels
+        "LIME": np.stack([lime_by_position[p] for p in shown]).sum(1),
+    }
+    titles = [f"{sid[-20:]}\npred {names[k][:12]}" for sid, k in zip(rows["source_id"], rows["predicted"])]
+    section["maps_figure"] = data.rel(figures.method_maps(split.rows_of(rows["source_id"]), maps, titles,
+                                                          data.figure("kernel_lime.png")))
+    return section

@@ -18,6 +18,8 @@ from torch import nn
 
 from tasks.model.predict import predict_proba
 from tasks.model.reference import load_weights
+from tasks.report import figures
+from tasks.report.sections import ReportData, file_of
 from tasks.run import layout
 from tasks.run.formats import read_split, write_frame
 
@@ -79,3 +81,13 @@ def compute_partial_dependence(run_dir: str, files: dict[str, str], seed: int) -
     table = pd.concat(frames, ignore_index=True)
     return {"files": {"partial_dependence": write_frame(layout.path(run_dir, "partial_dependence"), table)},
             "checks": [], "features": top}
+
+
+def partial_dependence_section(data: ReportData, result: dict) -> dict:
+    curves = pd.read_parquet(file_of(result, "partial_dependence"))
+    figure = figures.pdp_ice(curves, data.names, data.figure("partial_dependence.png"))
+    averages = curves[curves["row"] < 0]
+    ranges = [{"feature": f, "low": float(g["probability"].min()), "high": float(g["probability"].max())}
+              for f, g in averages.groupby("feature", sort=False)]
+    return {"figure": data.rel(figure), "features": result["features"], "ranges": ranges,
+            "n_rows": int(curves["row"].max()) + 1}

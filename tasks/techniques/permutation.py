@@ -17,6 +17,8 @@ from scipy import stats
 
 from tasks.model.predict import predict_proba
 from tasks.model.reference import load_weights
+from tasks.report import figures
+from tasks.report.sections import TOP_TABLE_ROWS, ReportData, file_of
 from tasks.run import layout
 from tasks.run.formats import read_split, write_frame
 from tasks.run.progress import progress_bar
@@ -74,3 +76,19 @@ def compute_permutation_importance(run_dir: str, files: dict[str, str], seed: in
     written = write_frame(layout.path(run_dir, "permutation_importance"), table)
     return {"files": {"permutation_importance": written}, "checks": [],
             "baseline": float(table["baseline"].iloc[0]), "n_repeats": repeats, "n_rows": len(rows)}
+
+
+def permutation_section(data: ReportData, result: dict) -> dict:
+    table = pd.read_parquet(file_of(result, "permutation_importance"))
+    parts = []
+    for kind, title in (("feature", "per feature"), ("region", "per image region (4x4 grid)"),
+                        ("channel", "per colour channel")):
+        rows = table[table["kind"] == kind]
+        if len(rows):
+            figure = figures.importance_bars(rows, data.figure(f"permutation_{kind}.png"),
+                                             f"permutation importance {title}")
+            parts.append({"kind": kind, "title": title, "figure": data.rel(figure),
+                          "top": rows.sort_values("importance_mean", ascending=False).head(TOP_TABLE_ROWS)
+                                     .to_dict("records")})
+    return {"parts": parts, "baseline": result["baseline"], "n_repeats": result["n_repeats"],
+            "n_rows": result["n_rows"], "metric": table["metric"].iloc[0]}

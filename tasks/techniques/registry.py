@@ -16,16 +16,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from tasks.report import sections
-from tasks.techniques.agreement import measure_agreement
-from tasks.techniques.faithfulness import check_faithfulness
-from tasks.techniques.gradients import gradient_attributions
-from tasks.techniques.kernel_shap import explain_kernel_shap
-from tasks.techniques.lime_surrogates import explain_lime
-from tasks.techniques.partial_dependence import compute_partial_dependence
-from tasks.techniques.permutation import compute_permutation_importance
-from tasks.techniques.slices import analyse_slices
-from tasks.techniques.weights import inspect_weights
+from tasks.report.sections import global_shap_section
+from tasks.techniques.agreement import agreement_section, measure_agreement
+from tasks.techniques.faithfulness import check_faithfulness, faithfulness_section
+from tasks.techniques.gradients import gradient_attributions, gradient_section
+from tasks.techniques.kernel_shap import explain_kernel_shap, kernel_shap_section
+from tasks.techniques.lime_surrogates import explain_lime, lime_section
+from tasks.techniques.partial_dependence import compute_partial_dependence, partial_dependence_section
+from tasks.techniques.permutation import compute_permutation_importance, permutation_section
+from tasks.techniques.slices import analyse_slices, slices_section
+from tasks.techniques.weights import inspect_weights, weights_section
 
 MODALITIES = ("image", "table")
 PLACES = {  # where in the report a technique's section goes
@@ -44,7 +44,7 @@ class Technique:
     name: str  # the step's task name in Prefect (and its key among the run's results)
     title: str  # how the report names it
     step: Callable[..., dict] | None  # (run_dir, files, seed) -> result; None: shown from the SHAP stage's files
-    section: Callable[..., dict]  # (report data, result) -> what its partial shows
+    section: Callable[..., dict]  # (ReportData, result) -> what its partial shows; beside the step in its module
     partial: str  # templates/sections/<partial>
     place: str  # a key of PLACES
     reads: tuple[str, ...] = ()  # layout keys of the files the step reads (its cache key hashes them)
@@ -54,31 +54,31 @@ class Technique:
 
 
 TECHNIQUES: tuple[Technique, ...] = (
-    Technique("weights", "Weights and biases", inspect_weights, sections.weights_section, "weights.html.j2",
+    Technique("weights", "Weights and biases", inspect_weights, weights_section, "weights.html.j2",
               "design", reads=("weights",), writes=("weight_statistics",)),
-    Technique("slices", "Sliced analysis", analyse_slices, sections.slices_section, "slices.html.j2", "performance",
+    Technique("slices", "Sliced analysis", analyse_slices, slices_section, "slices.html.j2", "performance",
               reads=("weights", "validation", "permutation_importance"), writes=("slices",)),
     Technique("permutation-importance", "Permutation feature importance", compute_permutation_importance,
-              sections.permutation_section, "permutation.html.j2", "global", reads=("weights", "validation"),
+              permutation_section, "permutation.html.j2", "global", reads=("weights", "validation"),
               writes=("permutation_importance",)),
-    Technique("global-shap", "Global SHAP importance", None, sections.global_shap_section, "global_shap.html.j2",
+    Technique("global-shap", "Global SHAP importance", None, global_shap_section, "global_shap.html.j2",
               "global", reads=("shap_values", "validation")),
     Technique("partial-dependence", "Partial dependence and ICE", compute_partial_dependence,
-              sections.partial_dependence_section, "partial_dependence.html.j2", "global",
+              partial_dependence_section, "partial_dependence.html.j2", "global",
               reads=("weights", "validation", "permutation_importance"), writes=("partial_dependence",),
               modalities=("table",)),
-    Technique("gradients", "Saliency and Integrated Gradients", gradient_attributions, sections.gradient_section,
+    Technique("gradients", "Saliency and Integrated Gradients", gradient_attributions, gradient_section,
               "gradients.html.j2", "local", reads=("weights", "validation", "explained", "background"),
               writes=("gradients",)),
-    Technique("kernel-shap", "Kernel SHAP", explain_kernel_shap, sections.kernel_shap_section, "kernel_shap.html.j2",
+    Technique("kernel-shap", "Kernel SHAP", explain_kernel_shap, kernel_shap_section, "kernel_shap.html.j2",
               "local", reads=("weights", "validation", "explained", "background"), writes=("kernel_shap",)),
-    Technique("lime", "LIME", explain_lime, sections.lime_section, "lime.html.j2", "local",
+    Technique("lime", "LIME", explain_lime, lime_section, "lime.html.j2", "local",
               reads=("weights", "train", "validation", "explained"), writes=("lime",)),
     Technique("faithfulness", "Faithfulness: randomisation, deletion and insertion, stability", check_faithfulness,
-              sections.faithfulness_section, "faithfulness.html.j2", "quality",
+              faithfulness_section, "faithfulness.html.j2", "quality",
               reads=("weights", "train", "validation", "explained", "shap_values", "background"),
               writes=("randomisation", "deletion_insertion", "stability"), tags=("gpu",)),
-    Technique("method-agreement", "Method agreement", measure_agreement, sections.agreement_section,
+    Technique("method-agreement", "Method agreement", measure_agreement, agreement_section,
               "agreement.html.j2", "quality",
               reads=("validation", "explained", "shap_values", "gradients", "lime", "kernel_shap",
                      "permutation_importance"), writes=("agreement",)),

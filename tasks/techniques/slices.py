@@ -16,6 +16,8 @@ import pandas as pd
 
 from tasks.model.predict import predict_proba
 from tasks.model.reference import load_weights
+from tasks.report import figures
+from tasks.report.sections import ReportData, file_of
 from tasks.run import layout
 from tasks.run.checks import SECTION_PERFORMANCE, Check
 from tasks.run.formats import read_split, write_frame
@@ -72,3 +74,10 @@ def analyse_slices(run_dir: str, files: dict[str, str], seed: int) -> dict:
                                 f"(overall {overall:.3f})." for r in flagged.itertuples()), unit="count")
     return {"files": {"slices": write_frame(layout.path(run_dir, "slices"), table)}, "checks": [check.to_json()],
             "overall_accuracy": overall, "n_flagged": len(flagged)}
+
+
+def slices_section(data: ReportData, result: dict) -> dict:
+    table = pd.read_parquet(file_of(result, "slices"))
+    figure = figures.slice_bars(table, result["overall_accuracy"], data.figure("slices.png"))
+    return {"figure": data.rel(figure), "rows": table.to_dict("records"), "overall": result["overall_accuracy"],
+            "flagged": table[table["flagged"]].to_dict("records"), "gap": GAP, "min_rows": MIN_ROWS}

@@ -7,6 +7,8 @@ import pandas as pd
 from torch import nn
 
 from tasks.model.reference import load_weights
+from tasks.report import figures
+from tasks.report.sections import ReportData, file_of
 from tasks.run import layout
 from tasks.run.formats import write_frame
 
@@ -35,3 +37,13 @@ def inspect_weights(run_dir: str, files: dict[str, str], seed: int) -> dict:
     stats = weight_statistics(model)
     return {"files": {"weight_statistics": write_frame(layout.path(run_dir, "weight_statistics"), stats)},
             "checks": [], "near_zero": NEAR_ZERO}
+
+
+def weights_section(data: ReportData, result: dict) -> dict:
+    """Every parameter tensor's statistics, weight histograms, and (CNN) the first layer's filters."""
+    table = pd.read_parquet(file_of(result, "weight_statistics"))
+    histograms = figures.weight_histograms(data.model, data.figure("weight_histograms.png"))
+    filters = (figures.first_conv_filters(data.model, data.figure("first_conv_filters.png"))
+               if data.modality == "image" else None)
+    return {"table": table.to_dict("records"), "near_zero": result["near_zero"], "histograms": data.rel(histograms),
+            "filters": data.rel(filters) if filters else None}

@@ -48,7 +48,7 @@ def build(seed: int, n_background: int, n_images: int):
     import torch
 
     from tasks.model.predict import probabilities
-from tasks.model.reference import CNNConfig, build_reference_cnn
+    from tasks.model.reference import CNNConfig, build_reference_cnn
 
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed + 1)
