@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 
 from tasks.run.config import SHAP_ENGINES, RunConfig
@@ -161,6 +162,21 @@ def check_prefect_api() -> None:
         ) from None
 
 
+def start_server_early() -> threading.Thread | None:
+    """Without PREFECT_API_URL a run uses Prefect's local ephemeral server, which takes seconds to start (a
+    process of its own, migrating its database). Start it now, in the background, while this process imports
+    the flow's modules; the caller joins the thread before the flow asks for the server."""
+    from prefect.settings import get_current_settings
+
+    if get_current_settings().api.url:
+        return None
+    from prefect.server.api.server import SubprocessASGIServer
+
+    thread = threading.Thread(target=SubprocessASGIServer().start, name="prefect-ephemeral-server", daemon=True)
+    thread.start()
+    return thread
+
+
 def run_command(args: argparse.Namespace) -> int:
     if args.resume:
         from tasks.run.resume import resumable_parameters
@@ -178,11 +194,15 @@ def run_command(args: argparse.Namespace) -> int:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     check_prefect_api()
     _quiet_console(args.verbose)
-    from flows.compliance_report import compliance_report
     from flows.preflight import preflight
 
     dask = {"dask_address": args.dask_address, "dask_workers": args.dask_workers or 0}
     config = preflight(config, **dask)  # before Prefect starts; the flow's own preflight finds it done
+    server = start_server_early()
+    from flows.compliance_report import compliance_report  # torch, shap, ...: while the server starts
+
+    if server is not None:
+        server.join()
     parameters = {k: v for k, v in config.to_json().items() if k not in ("batch_size", "val_fraction")}
     result = compliance_report(**parameters, **dask)
     print(f"validation accuracy: {result['validation_accuracy']:.3f}; "

@@ -22,9 +22,10 @@ from tasks.deepshap.stage import stage_outputs
 from tasks.report.build import render_report
 from tasks.run import layout
 from tasks.run.config import RunConfig
+from tasks.run.history import previous_run
 from tasks.run.provenance import environment
 from tasks.run.resume import record_run
-from tasks.steps.compare import compare_runs, previous_run
+from tasks.steps.compare import compare_runs
 from tasks.steps.load import load_data
 from tasks.steps.model_card import store_model_card
 from tasks.steps.train import train_model
@@ -90,7 +91,8 @@ def compliance_report(
     url = flow_run.get_flow_run_ui_url()
     run_info = {"id": flow_run.get_id(), "name": flow_run.get_name(),
                 "url": url if url and not url.startswith("None") else "none (Prefect's ephemeral server has no UI)"}
-    report = resumable(report_step, run_dir)(run_dir, results, parameters, environment(), run_info, timings(results))
+    report = resumable(report_step, run_dir)(run_dir, results, config.to_json(), environment(), run_info,
+                                             timings(results))
     publish_artifacts(run_dir, results, report)
     return {"run_dir": run_dir, "pdf": report["files"]["report"]["path"],
             "manifest": report["files"]["manifest"]["path"],

@@ -14,16 +14,15 @@ The shards are independent; where they run is this flow's `dask_address` / `dask
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.preflight import check_dask_options
 from flows.steps import resumable, step
-from tasks.run import layout
 from tasks.deepshap.stage import SHARD_ROWS, explain_shard, merge_shards, plan_explanation, restoring_torch_threads
-from tasks.run.errors import InputError
+from tasks.run import layout
 from tasks.run.progress import progress_bar
 
 STAGE_STEPS = {
@@ -31,24 +30,6 @@ STAGE_STEPS = {
     "shard": step(explain_shard, "deepshap-shard", tags=["gpu"]),
     "merge": step(merge_shards, "deepshap-merge"),
 }
-
-
-def check_dask_options(dask_address: str | None = None, dask_workers: int = 0) -> None:
-    """Refuse Dask options that cannot work, before any work starts (once per process and API address)."""
-    from prefect.settings import get_current_settings
-
-    _check_dask_options(dask_address, dask_workers, get_current_settings().api.url)
-
-
-@functools.cache
-def _check_dask_options(dask_address: str | None, dask_workers: int, api_url: str | None) -> None:
-    if dask_address and dask_workers:
-        raise InputError("give the Dask scheduler's address or a number of local Dask workers, not both")
-    if not isinstance(dask_workers, int) or isinstance(dask_workers, bool) or dask_workers < 0:
-        raise InputError(f"--dask-workers must be a non-negative integer, got {dask_workers!r}")
-    if dask_address and api_url is None:
-        raise InputError(f"the Dask workers at {dask_address} must report to a Prefect server that they can "
-                         "reach: set PREFECT_API_URL (here and on them); this run uses a local ephemeral one")
 
 
 def shard_runner(dask_address: str | None = None, dask_workers: int = 0, threads: int = 1):

@@ -4,20 +4,21 @@ Prefect starts) and for deployed runs (at the start of the flow) alike.
 `RunConfig` (tasks/run/config.py) checks the values; this checks what they name: the dataset's
 directory or file, the model card, the run to compare with (of the same dataset, intact), the run
 to resume (unfinished, started with these parameters), the output directory, and the Dask options.
-A check that passed in this process is not repeated (the CLI's check is the flow's).
+A check that passed in this process is not repeated (the CLI's check is the flow's). The module is
+light on purpose: the CLI runs it before it imports torch.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 from pathlib import Path
 
-from flows.deepshap import check_dask_options
 from tasks.data.specs import check_dataset_source
 from tasks.run.config import RunConfig
 from tasks.run.errors import InputError
+from tasks.run.history import check_previous_run
 from tasks.run.resume import resumable_parameters
-from tasks.steps.compare import check_previous_run
 from tasks.steps.model_card import read_model_card
 
 
@@ -54,3 +55,21 @@ def _check(config: RunConfig, dask_address: str | None, dask_workers: int) -> Ru
             raise InputError(f"--resume {resolved['resume']}: it was started with other {', '.join(differing)}; "
                              "resume it with its recorded parameters (run.json)")
     return replace(config, **resolved)
+
+
+def check_dask_options(dask_address: str | None = None, dask_workers: int = 0) -> None:
+    """Refuse Dask options that cannot work, before any work starts (once per process and API address)."""
+    from prefect.settings import get_current_settings
+
+    _check_dask_options(dask_address, dask_workers, get_current_settings().api.url)
+
+
+@functools.cache
+def _check_dask_options(dask_address: str | None, dask_workers: int, api_url: str | None) -> None:
+    if dask_address and dask_workers:
+        raise InputError("give the Dask scheduler's address or a number of local Dask workers, not both")
+    if not isinstance(dask_workers, int) or isinstance(dask_workers, bool) or dask_workers < 0:
+        raise InputError(f"--dask-workers must be a non-negative integer, got {dask_workers!r}")
+    if dask_address and api_url is None:
+        raise InputError(f"the Dask workers at {dask_address} must report to a Prefect server that they can "
+                         "reach: set PREFECT_API_URL (here and on them); this run uses a local ephemeral one")

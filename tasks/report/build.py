@@ -43,6 +43,7 @@ def case_studies(data: ReportData, expected: list[float]) -> list[dict]:
     """Each explained row: its DeepSHAP figure, reason codes (tables) and, when misclassified, a narrative."""
     names, val, is_table = data.names, data.validation, data.modality == "table"
     cases = []
+    plots = None if is_table else figures.ShapImagePlots(len(names))
     for row, x in zip(data.explained.itertuples(index=False), val.rows_of(data.explained["source_id"])):
         probs = np.asarray(row.probabilities)
         values = data.values[row.position]
@@ -53,7 +54,7 @@ def case_studies(data: ReportData, expected: list[float]) -> list[dict]:
         else:
             titles = [f"{name[:12]} {probs[k]:.2f}" for k, name in enumerate(names)]
             heading = f"true {names[row.label][:12]}\npred {names[row.predicted][:12]}"
-            figures.shap_image_plot(x, values, titles, path, heading)
+            plots.draw(x, values, titles, path, heading)
         case = {"position": row.position, "source_id": row.source_id, "true": names[row.label],
                 "predicted": names[row.predicted], "confidence": float(row.confidence),
                 "correct": row.label == row.predicted, "additivity_error": float(row.additivity_error),
@@ -64,6 +65,8 @@ def case_studies(data: ReportData, expected: list[float]) -> list[dict]:
                 describe_table_mistake(values, x, row.label, row.predicted, names, probs, val.feature_names)
                 if is_table else describe_mistake(values, row.label, row.predicted, names, probs, expected))
         cases.append(case)
+    if plots is not None:
+        plots.close()
     return cases
 
 

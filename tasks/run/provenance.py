@@ -9,8 +9,6 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: flows/, tasks/, templates/
 
 PACKAGES = ("torch", "torchvision", "shap", "captum", "lime", "prefect", "prefect-dask", "distributed", "numpy",
@@ -19,6 +17,9 @@ PACKAGES = ("torch", "torchvision", "shap", "captum", "lime", "prefect", "prefec
 
 
 def environment() -> dict:
+    """Python, platform, package versions, CUDA and device, torch threads, and the code's version and digest."""
+    import torch
+
     versions = {}
     for name in PACKAGES:
         try:

@@ -1,8 +1,7 @@
 """What changed since the last report: the same dataset's previous run against this one.
 
 The previous run is `--compare RUN_DIR`, or else the newest finished run of the same dataset
-spec under the same output directory. It must pass `verify` (a tampered run is not compared
-with) and have this version's run layout (tasks/run/layout.py). Compared: validation metrics per class, permutation-importance ranks of the top
+spec under the same output directory (tasks/run/history.py finds and checks it). Compared: validation metrics per class, permutation-importance ranks of the top
 features, the input data's distribution (per feature, or per channel for images: mean, standard
 deviation and the two-sample Kolmogorov-Smirnov statistic) and the class mix, and the predictions
 on the validation rows both runs share (matched by source id).
@@ -13,7 +12,6 @@ Files (in ``comparison/``): ``metrics.parquet``, ``importance.parquet``, ``data_
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -23,53 +21,10 @@ from scipy.stats import ks_2samp
 from tasks.run import layout
 from tasks.run.artifacts import sha256_file, write_json_atomic
 from tasks.run.checks import SECTION_MONITORING, Check
-from tasks.run.errors import InputError
 from tasks.run.formats import file_ref, read_split, write_frame
-from tasks.run.verify import verify_run
 
 TOP_FEATURES = 10
 SHIFT_THRESHOLD = 0.1  # a KS statistic above this marks a feature (or channel) as shifted
-
-
-def _recorded(run_dir: Path) -> dict | None:
-    """A finished run's manifest, or None (not a run directory, or not readable as one)."""
-    try:
-        recorded = json.loads(layout.path(run_dir, "manifest").read_text())
-    except (OSError, ValueError):
-        return None
-    return recorded if isinstance(recorded, dict) else None
-
-
-def comparable(recorded: dict | None, dataset: str) -> bool:
-    """A manifest of a run of `dataset` written with this version's run layout."""
-    parameters = (recorded or {}).get("parameters")
-    return (isinstance(parameters, dict) and parameters.get("dataset") == dataset
-            and recorded.get("layout") == layout.VERSION)
-
-
-def previous_run(out: Path, dataset: str, current: Path) -> Path | None:
-    """The newest finished, intact run of `dataset` under `out`, other than `current` (newest checked first)."""
-    for run_dir in sorted(Path(out).iterdir(), key=lambda p: p.name, reverse=True):
-        if (run_dir.is_dir() and run_dir.resolve() != Path(current).resolve()
-                and comparable(_recorded(run_dir), dataset) and not verify_run(run_dir)):
-            return run_dir
-    return None
-
-
-def check_previous_run(run_dir: Path, dataset: str) -> Path:
-    """A run named with --compare: it must be a finished run of the same dataset and layout, and pass verification."""
-    run_dir = Path(run_dir).expanduser().resolve()
-    recorded = _recorded(run_dir)
-    if recorded is None:
-        raise InputError(f"--compare {run_dir}: not a finished run directory (no readable {layout.FILES['manifest']})")
-    if not comparable(recorded, dataset):
-        theirs = (recorded.get("parameters") or {}).get("dataset") if isinstance(recorded.get("parameters"), dict) else None
-        raise InputError(f"--compare {run_dir}: a run of {theirs!r} with layout {recorded.get('layout')!r}; this run "
-                         f"is of {dataset!r} with layout {layout.VERSION!r}: they cannot be compared")
-    problems = verify_run(run_dir)
-    if problems:
-        raise InputError(f"--compare {run_dir} fails verification ({problems[0]}); it cannot be compared with")
-    return run_dir
 
 
 def _final_per_class(run_dir: Path) -> pd.DataFrame:

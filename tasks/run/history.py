@@ -1,0 +1,55 @@
+"""Earlier runs: which finished run a new one compares itself with, and whether a named one can be.
+
+A run is comparable when it is of the same dataset spec, was written with this version's run
+layout (tasks/run/layout.py), and passes `verify` (a tampered run is not compared with).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tasks.run import layout
+from tasks.run.errors import InputError
+from tasks.run.verify import verify_run
+
+
+def _recorded(run_dir: Path) -> dict | None:
+    """A finished run's manifest, or None (not a run directory, or not readable as one)."""
+    try:
+        recorded = json.loads(layout.path(run_dir, "manifest").read_text())
+    except (OSError, ValueError):
+        return None
+    return recorded if isinstance(recorded, dict) else None
+
+
+def comparable(recorded: dict | None, dataset: str) -> bool:
+    """A manifest of a run of `dataset` written with this version's run layout."""
+    parameters = (recorded or {}).get("parameters")
+    return (isinstance(parameters, dict) and parameters.get("dataset") == dataset
+            and recorded.get("layout") == layout.VERSION)
+
+
+def previous_run(out: Path, dataset: str, current: Path) -> Path | None:
+    """The newest finished, intact run of `dataset` under `out`, other than `current` (newest checked first)."""
+    for run_dir in sorted(Path(out).iterdir(), key=lambda p: p.name, reverse=True):
+        if (run_dir.is_dir() and run_dir.resolve() != Path(current).resolve()
+                and comparable(_recorded(run_dir), dataset) and not verify_run(run_dir)):
+            return run_dir
+    return None
+
+
+def check_previous_run(run_dir: Path, dataset: str) -> Path:
+    """A run named with --compare: it must be a finished run of the same dataset and layout, and pass verification."""
+    run_dir = Path(run_dir).expanduser().resolve()
+    recorded = _recorded(run_dir)
+    if recorded is None:
+        raise InputError(f"--compare {run_dir}: not a finished run directory (no readable {layout.FILES['manifest']})")
+    if not comparable(recorded, dataset):
+        theirs = (recorded.get("parameters") or {}).get("dataset") if isinstance(recorded.get("parameters"), dict) else None
+        raise InputError(f"--compare {run_dir}: a run of {theirs!r} with layout {recorded.get('layout')!r}; this run "
+                         f"is of {dataset!r} with layout {layout.VERSION!r}: they cannot be compared")
+    problems = verify_run(run_dir)
+    if problems:
+        raise InputError(f"--compare {run_dir} fails verification ({problems[0]}); it cannot be compared with")
+    return run_dir
