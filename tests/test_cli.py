@@ -41,6 +41,8 @@ def test_help_explains_every_option_with_its_default(tmp_path):
         assert f"(default: {default})" in " ".join(result.stdout.split())
     assert "cifar10:DIR" in result.stdout and "imagefolder:DIR" in result.stdout
     assert "--dask-workers N" in result.stdout and "--dask-address ADDRESS" in result.stdout
+    assert "(default: None)" not in result.stdout and "(default: False)" not in result.stdout
+    assert "(default: the newest intact run" in " ".join(result.stdout.split())  # described, not printed twice
 
 
 @pytest.fixture

@@ -50,6 +50,7 @@ def test_flow_writes_a_complete_run_directory(flow_result):
                                "Deletion and insertion", "nothing to compare with"):
         assert section in text, section
     assert "Partial dependence" not in text  # a table technique
+    assert "after 1 epoch on" in text and "None/flow-runs" not in text  # (was "after 1 epochs")
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert "report.pdf" in manifest["files"] and "model/model.safetensors" in manifest["files"]

@@ -1,5 +1,7 @@
 """The model card: read safely, every field shown or "not provided", bad cards refused clearly."""
 
+import json
+
 import pytest
 
 from tasks.run.config import RunConfig
@@ -48,3 +50,21 @@ def test_the_preflight_checks_the_card_and_the_earlier_run_before_anything_runs(
         preflight(config)
     with pytest.raises(InputError, match="not a finished run directory"):
         preflight(RunConfig(compare=tmp_path))
+
+
+def test_the_preflight_verifies_an_earlier_run_once_per_process(monkeypatch, tmp_path):
+    """The CLI's preflight and the flow's are one: --compare's run is verified once, not twice."""
+    from flows import preflight as preflight_module
+    from tasks.run import history, layout
+
+    run = tmp_path / "earlier"
+    run.mkdir()
+    layout.path(run, "manifest").write_text(json.dumps({"layout": layout.VERSION, "parameters": {"dataset": "digits"},
+                                                        "files": {}}))
+    calls = []
+    monkeypatch.setattr(history, "verify_run", lambda path: calls.append(path) or [])
+    first = preflight_module.preflight(RunConfig(compare=run, out=tmp_path / "reports"))
+    again = preflight_module.preflight(first)  # what the flow does with the CLI's checked config
+    assert again == first and first.compare == run.resolve() and calls == [run.resolve()]
+    with pytest.raises(InputError, match="a run of 'digits'.*cannot be compared"):
+        preflight_module.preflight(RunConfig(dataset="breast-cancer", compare=run))

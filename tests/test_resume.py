@@ -110,3 +110,24 @@ def test_a_finished_or_foreign_directory_cannot_be_resumed(tmp_path):
     (tmp_path / "manifest.json").write_text("{}")
     with pytest.raises(InputError, match="the run finished"):
         resumable_parameters(tmp_path)
+
+
+def test_the_cache_key_changes_with_the_code_and_the_result_changing_packages(monkeypatch, tmp_path):
+    """After an upgrade a resumed run must not reuse results the old code computed."""
+    from types import SimpleNamespace
+
+    from tasks.run import resume
+
+    (tmp_path / "weights.bin").write_bytes(b"weights")
+    context = SimpleNamespace(task=SimpleNamespace(name="lime"))
+    parameters = {"run_dir": str(tmp_path), "files": {"weights": str(tmp_path / "weights.bin")}, "seed": 0}
+    key = resume.input_hash_key(context, parameters)
+    assert resume.input_hash_key(context, parameters) == key
+    original = resume.code_key()
+    monkeypatch.setattr(resume, "code_key", lambda: {**original, "code": "another commit"})
+    assert resume.input_hash_key(context, parameters) != key
+    monkeypatch.setattr(resume, "code_key", lambda: {**original, "packages": {**original["packages"], "torch": "9.9"}})
+    assert resume.input_hash_key(context, parameters) != key
+    monkeypatch.undo()
+    (tmp_path / "weights.bin").write_bytes(b"other weights")  # and, as before, with the contents of its files
+    assert resume.input_hash_key(context, parameters) != key

@@ -166,3 +166,14 @@ def test_a_slice_where_the_model_fails_is_flagged():
     table = slice_table(correct, np.full(60, 0.9), {"group": slices}).set_index("slice")
     assert table.loc["b", "accuracy"] == pytest.approx(0.5) and table.loc["b", "flagged"]
     assert not table.loc["a", "flagged"] and table["n_rows"].sum() == 60
+
+
+def test_slice_labels_show_interval_bounds_without_float_noise():
+    import pandas as pd
+
+    from tasks.techniques.slices import interval_labels
+
+    column = pd.Series(np.array([185.193, 200.5, 510.25, 700.125], dtype=np.float32))
+    labels = interval_labels(pd.qcut(column, 2))
+    assert list(labels) == ["(185.2, 355.4]", "(185.2, 355.4]", "(355.4, 700.1]", "(355.4, 700.1]"]
+    assert interval_labels(pd.Series(["class a"])).tolist() == ["class a"]  # not an interval: as it is
