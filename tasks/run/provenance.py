@@ -16,20 +16,25 @@ PACKAGES = ("torch", "torchvision", "shap", "captum", "lime", "prefect", "prefec
             "matplotlib", "pillow")
 
 
-def environment() -> dict:
-    """Python, platform, package versions, CUDA and device, torch threads, and the code's version and digest."""
-    import torch
-
+def package_versions(names) -> dict[str, str]:
+    """Each installed distribution's version ("not installed" where it is not)."""
     versions = {}
-    for name in PACKAGES:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
+    return versions
+
+
+def environment() -> dict:
+    """Python, platform, package versions, CUDA and device, torch threads, and the code's version and digest."""
+    import torch
+
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "packages": versions,
+        "packages": package_versions(PACKAGES),
         "cuda": torch.version.cuda or "none",
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "torch_threads": torch.get_num_threads(),

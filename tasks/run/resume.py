@@ -15,13 +15,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from importlib import metadata
 from pathlib import Path
 
 from tasks.run import layout
 from tasks.run.artifacts import sha256_file, write_json_atomic
 from tasks.run.errors import InputError
-from tasks.run.provenance import code_digest
+from tasks.run.provenance import code_digest, package_versions
 
 RESULT_PACKAGES = ("torch", "numpy", "shap", "captum", "lime", "scikit-learn", "scikit-image")  # their versions key results
 
@@ -74,13 +73,7 @@ def _digest(value):
 @functools.cache
 def code_key() -> dict:
     """What, besides its inputs, decides a step's result: this project's source and the result-changing packages."""
-    versions = {}
-    for name in RESULT_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return {"code": code_digest(), "packages": versions}
+    return {"code": code_digest(), "packages": package_versions(RESULT_PACKAGES)}
 
 
 def input_hash_key(context, parameters: dict) -> str:
