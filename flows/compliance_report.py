@@ -69,8 +69,7 @@ def compliance_report(
     loaded = load_step(config.dataset, config.out, config.seed, config.val_fraction, config.background,
                        config.explain_rows, config.label, config.resume)
     run_dir = loaded["run_dir"]
-    parameters = {k: v for k, v in config.to_json().items() if k != "resume"}
-    record_run(run_dir, parameters)
+    record_run(run_dir, {k: v for k, v in config.to_json().items() if k != "resume"})
     results = {"load": loaded}
     results["train"] = resumable(train_step, run_dir)(str(layout.path(run_dir, "train")),
                                                       str(layout.path(run_dir, "validation")), run_dir,
@@ -116,6 +115,7 @@ def publish_artifacts(run_dir: str, results: dict, report: dict) -> None:
     """Attach a summary, the validation metrics and a link to the PDF to the flow run (shown in the UI)."""
     final, shap = results["train"]["final_validation"], results["deepshap"]
     pdf = report["files"]["report"]
+    failed = "".join(f"\n  - {name}" for name in report["failed"])
     create_markdown_artifact(
         key="compliance-summary",
         markdown=(
@@ -123,8 +123,7 @@ def publish_artifacts(run_dir: str, results: dict, report: dict) -> None:
             f"- validation accuracy: **{final['accuracy']:.3f}** (macro F1 {final['f1_macro']:.3f})\n"
             f"- SHAP engine: {shap['engine']} on {shap['device']}; "
             f"largest additivity error {shap['max_additivity_error']:.2e}\n"
-            f"- checks: **{report['checks_failed']} of {report['n_checks']} failed**"
-            f"{''.join(chr(10) + '  - ' + name for name in report['failed'])}\n"
+            f"- checks: **{report['checks_failed']} of {report['n_checks']} failed**{failed}\n"
             f"- limitations listed in section 5: {report['limitations']}\n"
             f"- report: `{pdf['path']}` (SHA-256 `{pdf['sha256']}`)\n"
         ),

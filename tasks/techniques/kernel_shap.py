@@ -33,7 +33,7 @@ from tasks.run.progress import progress_bar
 from tasks.techniques.groups import KERNEL_GRID, FeatureGroups, feature_columns, image_regions
 
 N_SAMPLES = {"table": 1024, "image": 1024}  # coalitions evaluated per explained row
-MAX_ROWS = {"table": 64, "image": 8}  # explained rows given Kernel SHAP (the first of the explain step's)
+MAX_ROWS = {"table": 64, "image": 8}  # explained rows given Kernel SHAP (the first of the SHAP stage's)
 TABLE_BACKGROUND = 50  # background rows Kernel SHAP averages over, for tables
 ADDITIVITY_THRESHOLD = 1e-4  # on probabilities, as DeepSHAP's
 
