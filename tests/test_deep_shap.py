@@ -343,7 +343,8 @@ class BatchMean(nn.Module):
         (nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)), (4,), r"aten\.layer_norm .*module 1: LayerNorm"),
         (Attention(), (3, 4), r"no exact rule for aten\.\w+"),
         (nn.Sequential(nn.Linear(4, 2), BatchMean()), (4,), r"mixes the samples of a batch"),
-        (nn.Sequential(nn.Flatten(), nn.Linear(4, 2), nn.LSTM(2, 2)), (1, 2, 2), r"no exact rule"),
+        (nn.Sequential(nn.Flatten(), nn.Linear(4, 2), nn.LSTM(2, 2)), (1, 2, 2), r"must take one tensor and return "
+                                                                                 r"one, it takes 1 and returns 3"),
     ],
     ids=["product", "layer-norm", "attention", "batch-statistic", "lstm"],
 )
@@ -365,3 +366,13 @@ def test_rows_for_memory_grow_with_the_budget_and_stay_whole_classes():
     small, large = (rows_for_memory(budget, shapes, ["relu"], 10) for budget in (2**28, 2**32))
     assert small % 10 == 0 and large % 10 == 0 and 10 <= small < large
     assert rows_for_memory(1, shapes, ["relu"], 10) == 10  # never below one pair
+
+
+def test_a_model_of_the_same_structure_reuses_the_trace_with_its_own_weights():
+    torch.manual_seed(17)
+    first = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    second = copy.deepcopy(first)
+    second[2].reset_parameters()
+    background, images = torch.randn(6, 5), torch.randn(2, 5)
+    DeepShapEngine(first, background).shap_values(images)
+    assert_exact(second, background, images)

@@ -206,15 +206,15 @@ class DeepShapEngine:
                     "to_image": (cross - each(br["out"], False)).to(self.dtype),
                     "to_background": (each(xr["out"], True) - cross).to(self.dtype),
                     "argmax_image": each(xr["argmax"], True), "argmax_background": each(br["argmax"], False),
-                    "inverse": torch.where(small, 0.0, 1.0 / torch.where(small, 1.0, delta_in)).to(self.dtype)}
+                    "inverse": _layout(torch.where(small, 0.0, 1.0 / torch.where(small, 1.0, delta_in)), self.dtype)}
                 continue
             small = delta_in.abs() < NONLINEAR_EPS
             ratio = pairs(xr["out"], br["out"]) / torch.where(small, 1.0, delta_in)
             if isinstance(rule, Elementwise):
                 m_b = torch.where(small, each(br["slope"], False), ratio)
                 m_x = torch.where(small, each(xr["slope"], True), ratio) if track_image_half else None
-                factors[name] = {"b": m_b.to(self.dtype),
-                                 "x": None if m_x is None or torch.equal(m_x, m_b) else m_x.to(self.dtype)}
+                factors[name] = {"b": _layout(m_b, self.dtype),
+                                 "x": None if m_x is None or torch.equal(m_x, m_b) else _layout(m_x, self.dtype)}
             else:  # softmax: element-wise rescale; the softmax Jacobian where the input barely moves
                 fallback = bool(small.any())
                 factors[name] = {"ratio": ratio.to(self.dtype), "small": small if fallback else None,
@@ -291,6 +291,13 @@ class DeepShapEngine:
             index = argmax[None].expand(k, *argmax.shape).reshape(rows, channels, -1)
             spread.scatter_add_(2, index, values)
         return (spread.view(k, -1, *in_shape) * f["inverse"]).view(rows, *in_shape)
+
+
+def _layout(factors: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Per-pair factors in the backward pass's dtype; image-shaped ones channels-last, like the gradients the
+    transposed convolutions return (products of tensors in two layouts are several times slower)."""
+    factors = factors.to(dtype)
+    return factors.contiguous(memory_format=torch.channels_last) if factors.ndim == 4 else factors
 
 
 def _slope(fn, inputs: torch.Tensor) -> torch.Tensor:
