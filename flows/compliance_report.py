@@ -51,7 +51,7 @@ def compliance_report(
     model_card: str | None = None,
     compare: str | None = None,
     resume: str | None = None,
-    shard_size: int = RunConfig.shard_size,
+    shard_size: int | None = RunConfig.shard_size,
     shap_deployment: str | None = None,
     dask_address: str | None = None,
     dask_workers: int = 0,

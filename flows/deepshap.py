@@ -21,7 +21,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.preflight import check_dask_options
 from flows.steps import resumable, step
-from tasks.deepshap.stage import SHARD_ROWS, explain_shard, merge_shards, plan_explanation, restoring_torch_threads
+from tasks.deepshap.stage import explain_shard, merge_shards, plan_explanation, restoring_torch_threads
 from tasks.run import layout
 from tasks.run.progress import progress_bar
 
@@ -77,10 +77,10 @@ def environment_kept():
 
 @flow(name="deepshap", log_prints=True)
 def deepshap_flow(run_dir: str, background: int, rows: int, seed: int, engine: str = "fast",
-                  shard_size: int = SHARD_ROWS, dask_address: str | None = None, dask_workers: int = 0) -> dict:
+                  shard_size: int | None = None, dask_address: str | None = None, dask_workers: int = 0) -> dict:
     """DeepSHAP values for `rows` validation rows against `background` training rows, into run_dir/deepshap/.
 
-    The rows are cut into shards of `shard_size`, each a `deepshap-shard` task run on the runner that
+    The rows are cut into shards of `shard_size` (None: 8 on a CPU, 512 on a GPU), each a `deepshap-shard` task run on the runner that
     `dask_address` / `dask_workers` choose; the values do not depend on that choice. Deployed (deepshap/gpu),
     the options are checked here; in-process, the compliance_report flow's preflight checked them.
     """

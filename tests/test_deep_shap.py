@@ -354,11 +354,12 @@ def test_operations_without_an_exact_rule_are_refused_by_name(model, shape, mess
 
 
 def test_exact_float32_puts_the_settings_back():
-    before = (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
+    torch.backends.cudnn.allow_tf32 = True  # torch's defaults, whatever an earlier test left
+    torch.backends.cuda.matmul.allow_tf32 = False
     with exact_float32():
-        assert torch.backends.cudnn.conv.fp32_precision == "ieee"
-        assert torch.backends.cuda.matmul.fp32_precision == "ieee"
-    assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == before
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        DeepShapEngine(nn.Sequential(nn.Linear(3, 2)), torch.rand(2, 3))  # tracing works inside
+    assert torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
 
 
 def test_rows_for_memory_grow_with_the_budget_and_stay_whole_classes():

@@ -48,10 +48,12 @@ MAXPOOL_EPS = 1e-7  # shap: below this |x - b|, max-pool multipliers are zero
 @contextlib.contextmanager
 def exact_float32():
     """Full float32 matmuls and convolutions on CUDA (PyTorch runs them as TF32 by default); put back after."""
-    settings = [(torch.backends.cuda.matmul, "fp32_precision"), (torch.backends.cudnn.conv, "fp32_precision")]
+    # The legacy flags: torch.export (and other code) reads them, and refuses to once the newer
+    # per-backend fp32_precision settings disagree with each other.
+    settings = [(torch.backends.cuda.matmul, "allow_tf32"), (torch.backends.cudnn, "allow_tf32")]
     saved = [getattr(owner, name) for owner, name in settings]
     for owner, name in settings:
-        setattr(owner, name, "ieee")
+        setattr(owner, name, False)
     try:
         yield
     finally:

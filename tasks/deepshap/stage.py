@@ -40,12 +40,13 @@ from tasks.run import layout
 from tasks.run.artifacts import atomic_path, write_parquet_atomic
 from tasks.run.checks import SECTION_QUALITY, Check
 from tasks.data.dataset import require_rows
-from tasks.run.config import RunConfig
 from tasks.run.errors import InputError
 from tasks.run.formats import (META_DEVICE, META_ENGINE, META_EXPECTED, META_SHAPE, META_WORKER, background_images,
                                file_ref, float32_column, float32_rows, metadata, read_split)
 
-SHARD_ROWS = RunConfig.shard_size  # rows per shard: the unit of work a worker takes; bounds memory for large runs
+# Rows per shard, the unit of work a worker takes, when the run does not say: on a CPU small (shards run side
+# by side, one per core); on a GPU large, so a shard's fixed cost (weights, background pass) stays a small share.
+SHARD_ROWS, GPU_SHARD_ROWS = 8, 512
 ADDITIVITY_THRESHOLD = 1e-4  # on probabilities; larger residuals are flagged in the report
 
 
@@ -156,7 +157,7 @@ def restoring_torch_threads():
 
 
 def plan_explanation(weights_path: Path, train_path: Path, validation_path: Path, run_dir: Path, background: int,
-                     rows: int, seed: int, engine: str = "fast", shard_size: int = SHARD_ROWS) -> dict:
+                     rows: int, seed: int, engine: str = "fast", shard_size: int | None = None) -> dict:
     """Choose the background and the rows to explain, predict every validation row, and cut the rows into shards.
 
     Writes ``plan.parquet``, ``background.parquet`` and ``predictions.parquet``: all a shard needs besides the
@@ -165,11 +166,12 @@ def plan_explanation(weights_path: Path, train_path: Path, validation_path: Path
     """
     if engine not in ENGINES:
         raise InputError(f"unknown SHAP engine {engine!r}: use one of {', '.join(ENGINES)}")
-    if shard_size < 1:
+    if shard_size is not None and shard_size < 1:
         raise InputError(f"--shard-size must be a positive integer, got {shard_size!r}")
     model, _, _ = load_weights(Path(weights_path))
     train, val = read_split(Path(train_path)), read_split(Path(validation_path))
     device = choose_device()
+    shard_size = shard_size or (GPU_SHARD_ROWS if device.type == "cuda" else SHARD_ROWS)
     prob_model = probabilities(model).to(device).eval()
     with torch.no_grad():
         val_probs = torch.cat([prob_model(torch.from_numpy(val.inputs[i : i + 256]).to(device)).cpu()

@@ -25,7 +25,7 @@ class RunConfig:
     batch_size: int = 64  # training batch size
     val_fraction: float = 0.2  # share of the data held out for validation (stratified)
     shap_engine: str = "fast"  # DeepSHAP implementation: see SHAP_ENGINES
-    shard_size: int = 8  # rows per SHAP shard, the unit of work of the SHAP stage's workers (flows/deepshap.py)
+    shard_size: int | None = None  # rows per SHAP shard (flows/deepshap.py); None: 8 on a CPU, 512 on a GPU
     model_card: Path | None = None  # YAML model card (owner, intended use, ...), shown in the report
     compare: Path | None = None  # an earlier run to compare with; None: the newest one of the dataset in `out`
     resume: Path | None = None  # an unfinished run directory to finish (its finished steps are reused)
@@ -33,6 +33,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         for name in ("epochs", "background", "explain_rows", "batch_size", "shard_size"):
             value = getattr(self, name)
+            if name == "shard_size" and value is None:
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:

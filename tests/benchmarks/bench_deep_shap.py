@@ -1,20 +1,27 @@
-"""Benchmark: the fast DeepSHAP engine against shap.DeepExplainer and the autograd floor.
+"""Benchmark: the graph DeepSHAP engine against shap.DeepExplainer, on the reference CNN and resnet18.
 
-Not collected by pytest. Run: ``.venv/bin/python tests/benchmarks/bench_deep_shap.py`` (or
-``make bench``). Every method runs in its own child process, one after another in this run,
-so each peak memory (max RSS of the child) is its own. Threads = CPU cores.
+Not collected by pytest. Run: ``.venv/bin/python tests/benchmarks/bench_deep_shap.py`` (or ``make bench``).
+Each (model, method, device) runs in its own child process, one after another in this run, so each peak
+memory is its own (max RSS of the child on the CPU; torch's peak allocation on CUDA). CPU threads = cores;
+CUDA is measured too when present, with TF32 off for both methods (shap would otherwise be 40% off).
 
-The floor is shap's minimal work done directly with autograd: per image, one forward over the
-joint batch of 200 image copies and 200 background images, then one backward per class
-(parameters frozen, input gradients only, no hooks).
+Exactness is against float64 answers on the first 4 images: on the reference CNN shap.DeepExplainer on a
+float64 copy of the model (its rules are right there); on resnet18, whose blocks call one ReLU module twice
+and whose stem max-pool windows overlap (both wrong in shap), the engine's own rules run in float64
+throughout. Errors are relative to the largest value of the answer.
+
+The floor (reference CNN) is shap's minimal work done directly with autograd: per image, one forward over
+the joint batch of 200 image copies and 200 background images, then one backward per class.
 
 Last line, machine-readable:
-speedup_vs_shap=X floor_ratio=Y max_rel_diff=Z max_additivity=W peak_mb=M
+speedup_vs_shap=X engine_f32_error=E shap_f32_error=S max_additivity=A peak_mb=M
+(the reference CNN on the CPU)
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import multiprocessing as mp
 import os
 import resource
@@ -42,132 +49,159 @@ def synthetic_images(n: int, generator) -> tuple:
     return images.clamp(0, 1), labels
 
 
-def build(seed: int, n_background: int, n_images: int):
-    """The reference CNN trained briefly on synthetic images (an untrained net gives near-equal
-    logits for every image, where DeepLIFT's near-zero cut-offs decide and nothing is compared)."""
+def build(name: str, seed: int, n_background: int, n_images: int):
+    """The model (class probabilities), background and images. The reference CNN is trained briefly on
+    synthetic images (an untrained net gives near-equal logits, where DeepLIFT's cut-offs decide and
+    nothing is compared); resnet18 has random weights and settled batch-norm statistics."""
     import torch
+    import torchvision
 
     from tasks.model.predict import probabilities
     from tasks.model.reference import CNNConfig, build_reference_cnn
 
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed + 1)
-    cnn = build_reference_cnn(CNNConfig(in_channels=3, num_classes=10))
     train_x, train_y = synthetic_images(1024, generator)
-    optimizer = torch.optim.Adam(cnn.parameters(), lr=1e-3)
-    cnn.train()
-    for _ in range(2):
-        for start in range(0, len(train_x), 64):
-            loss = torch.nn.functional.cross_entropy(cnn(train_x[start : start + 64]), train_y[start : start + 64])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    model = probabilities(cnn).eval()
+    if name == "cnn":
+        net = build_reference_cnn(CNNConfig(in_channels=3, num_classes=10))
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+        net.train()
+        for _ in range(2):
+            for start in range(0, len(train_x), 64):
+                loss = torch.nn.functional.cross_entropy(net(train_x[start : start + 64]), train_y[start : start + 64])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    else:
+        net = torchvision.models.resnet18(num_classes=10)
+        net.train()
+        with torch.no_grad():
+            for start in range(0, 256, 64):
+                net(train_x[start : start + 64])
+    model = probabilities(net).eval()
     background = train_x[torch.randperm(len(train_x), generator=generator)[:n_background]]
     images, _ = synthetic_images(n_images, generator)
     return model, background, images
 
 
-def run_method(method: str, args: argparse.Namespace, out_dir: str, queue: mp.Queue) -> None:
+def run_method(name: str, method: str, device: str, args, out_dir: str, queue) -> None:
     import torch
 
+    from tasks.deepshap.engine import DeepShapEngine, exact_float32
+
     torch.set_num_threads(os.cpu_count())
-    model, background, images = build(args.seed, args.background, args.images)
-    start = time.perf_counter()
-    if method == "shap":
-        import shap
+    n_images = args.images if name == "cnn" else args.resnet_images
+    model, background, images = build(name, args.seed, args.background, n_images)
+    model, background, images = model.to(device), background.to(device), images.to(device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    with exact_float32():
+        if method == "engine":
+            DeepShapEngine(model, background).shap_values(images[:1])  # trace and warm up, not timed
+        start = time.perf_counter()
+        if method == "shap":
+            import shap
 
-        values = shap.DeepExplainer(model, background).shap_values(images, check_additivity=False)
-        values = np.moveaxis(np.asarray(values), -1, 1)
-    elif method == "engine":
-        from tasks.deepshap.engine import DeepShapEngine
-
-        values = DeepShapEngine(model, background).shap_values(images)
-    else:  # floor
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for image in images:
-            joint = torch.cat([image.expand(len(background), -1, -1, -1), background]).requires_grad_(True)
-            out = model(joint)
-            for k in range(out.shape[1]):
-                torch.autograd.grad(out[:, k].sum(), joint, retain_graph=k + 1 < out.shape[1])
-        values = None
-    seconds = time.perf_counter() - start
+            values = shap.DeepExplainer(model, background).shap_values(images, check_additivity=False)
+            values = np.moveaxis(np.asarray(values), -1, 1)
+        elif method == "engine":
+            values = DeepShapEngine(model, background).shap_values(images)
+        else:  # floor
+            for p in model.parameters():
+                p.requires_grad_(False)
+            for image in images:
+                joint = torch.cat([image.expand(len(background), -1, -1, -1), background]).requires_grad_(True)
+                out = model(joint)
+                for k in range(out.shape[1]):
+                    torch.autograd.grad(out[:, k].sum(), joint, retain_graph=k + 1 < out.shape[1])
+            values = None
+        if device == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
     if values is not None:
-        np.save(Path(out_dir) / f"{method}.npy", values)
-    queue.put((seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+        np.save(Path(out_dir) / f"{name}-{method}-{device}.npy", values)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else \
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    queue.put((seconds / len(images), peak))
 
 
-def measure(method: str, args, out_dir: str) -> tuple[float, float]:
+def measure(name: str, method: str, device: str, args, out_dir: str) -> tuple[float, float]:
     context = mp.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=run_method, args=(method, args, out_dir, queue))
+    process = context.Process(target=run_method, args=(name, method, device, args, out_dir, queue))
     process.start()
     result = queue.get()
     process.join()
     return result
 
 
+def float64_answer(name: str, args, n: int) -> np.ndarray:
+    """See the module docstring: shap in float64 on the CNN, the engine in float64 on resnet18."""
+    import shap
+    import torch
+
+    from tasks.deepshap.engine import DeepShapEngine
+
+    model, background, images = build(name, args.seed, args.background, n)
+    model, background, images = copy.deepcopy(model).double(), background.double(), images[:n].double()
+    if name == "cnn":
+        values = shap.DeepExplainer(model, background).shap_values(images, check_additivity=False)
+        return np.moveaxis(np.asarray(values), -1, 1)
+    torch.set_num_threads(os.cpu_count())
+    return DeepShapEngine(model, background).shap_values(images).astype(np.float64)
+
+
+def additivity(name: str, args, values: np.ndarray) -> float:
+    import torch
+
+    model, background, images = build(name, args.seed, args.background, len(values))
+    model64 = copy.deepcopy(model).double()
+    with torch.no_grad():
+        gap = (model64(images.double()) - model64(background.double()).mean(0)).numpy()
+    return float(np.abs(values.reshape(*values.shape[:2], -1).sum(-1, dtype=np.float64) - gap).max())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--background", type=int, default=200, help="background images (default 200)")
-    parser.add_argument("--images", type=int, default=32, help="explained images (default 32)")
+    parser.add_argument("--images", type=int, default=32, help="explained images, reference CNN (default 32)")
+    parser.add_argument("--resnet-images", type=int, default=8, help="explained images, resnet18 (default 8)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cuda-only", action="store_true", help="skip the CPU measurements (a GPU machine)")
     args = parser.parse_args()
 
     import torch
 
-    print(f"torch {torch.__version__}, {os.cpu_count()} threads, reference CNN, "
-          f"{args.background} background images, {args.images} images")
+    devices = ([] if args.cuda_only else ["cpu"]) + (["cuda"] if torch.cuda.is_available() else [])
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPU threads, devices {devices}, "
+          f"{args.background} background images")
+    summary = {}
     with tempfile.TemporaryDirectory() as out_dir:
-        timings = {}
-        for method in ("shap", "engine", "floor"):
-            seconds, peak_mb = measure(method, args, out_dir)
-            timings[method] = (seconds / args.images, peak_mb)
-            print(f"{method:>7}: {seconds / args.images:.3f} s/image, peak {peak_mb:,.0f} MB")
-        ours = np.load(Path(out_dir) / "engine.npy")
-        ref = np.load(Path(out_dir) / "shap.npy")
-
-    model, background, images = build(args.seed, args.background, args.images)
-    with torch.no_grad():
-        gap = (model(images) - model(background).mean(0)).double().numpy()
-    max_rel_diff = float(np.abs(ours - ref).max() / np.abs(ref).max())
-    max_additivity = float(np.abs(ours.reshape(*ours.shape[:2], -1).sum(-1, dtype=np.float64) - gap).max())
-    ref_additivity = float(np.abs(ref.reshape(*ref.shape[:2], -1).sum(-1, dtype=np.float64) - gap).max())
-    speedup = timings["shap"][0] / timings["engine"][0]
-    floor_ratio = timings["engine"][0] / timings["floor"][0]
-    print(f"speedup over shap.DeepExplainer: {speedup:.1f}x; engine / floor: {floor_ratio:.2f}")
-    print(f"largest |engine - shap| / largest |shap value|: {max_rel_diff:.2e}")
-    print(f"largest additivity error: engine {max_additivity:.2e}, shap {ref_additivity:.2e} "
-          f"(outputs are probabilities, scale 1)")
-    # Float32 forward passes round differently at different batch sizes (shap forwards a joint batch
-    # of 2 x background; the engine forwards images and background apart), which flips DeepLIFT's
-    # near-zero cut-offs for a few units. In float64 that noise is gone and the rules must agree.
-    model64, background64, images64 = model.double(), background.double(), images[:4].double()
-    import shap
-
-    from tasks.deepshap.engine import DeepShapEngine
-
-    ours64 = DeepShapEngine(model64, background64).shap_values(images64).astype(np.float64)
-    ref64 = np.moveaxis(np.asarray(shap.DeepExplainer(model64, background64).shap_values(
-        images64, check_additivity=False)), -1, 1)
-    float64_rel_diff = float(np.abs(ours64 - ref64).max() / np.abs(ref64).max())
-    print(f"float64 check on 4 images: largest |engine - shap| / largest |shap value|: {float64_rel_diff:.2e} "
-          "(the engine returns float32, so ~1e-8 is the floor)")
-    # shap against itself: the background listed twice gives mathematically identical values but a
-    # larger joint batch, so different rounding. Its spread is float32's own noise at the cut-offs.
-    model.float()
-    small = images[:4]
-    first = np.moveaxis(np.asarray(shap.DeepExplainer(model, background).shap_values(
-        small, check_additivity=False)), -1, 1)
-    doubled = np.moveaxis(np.asarray(shap.DeepExplainer(model, torch.cat([background, background])).shap_values(
-        small, check_additivity=False)), -1, 1)
-    shap_noise = float(np.abs(first - doubled).max() / np.abs(first).max())
-    engine_on_same = float(np.abs(ours[:4] - ref[:4]).max() / np.abs(ref[:4]).max())
-    print(f"float32 on the same 4 images: shap vs shap with the background listed twice {shap_noise:.2e}; "
-          f"engine vs shap {engine_on_same:.2e}")
-    print(f"speedup_vs_shap={speedup:.2f} floor_ratio={floor_ratio:.3f} max_rel_diff={max_rel_diff:.2e} "
-          f"max_additivity={max_additivity:.2e} peak_mb={timings['engine'][1]:.0f}")
+        for name in ("cnn", "resnet18"):
+            label = "reference CNN" if name == "cnn" else "resnet18"
+            exact = float64_answer(name, args, 4)
+            scale = np.abs(exact).max()
+            for device in devices:
+                methods = ("shap", "engine", "floor") if name == "cnn" else ("shap", "engine")
+                timings = {m: measure(name, m, device, args, out_dir) for m in methods}
+                ours = np.load(Path(out_dir) / f"{name}-engine-{device}.npy")
+                ref = np.load(Path(out_dir) / f"{name}-shap-{device}.npy")
+                engine_error = float(np.abs(ours[:4] - exact).max() / scale)
+                shap_error = float(np.abs(ref[:4] - exact).max() / scale)
+                max_additivity = additivity(name, args, ours)
+                speedup = timings["shap"][0] / timings["engine"][0]
+                for method, (per_image, peak) in timings.items():
+                    print(f"{label:>13} {device:>4} {method:>6}: {per_image:.4f} s/image ({1 / per_image:,.1f} "
+                          f"images/s), peak {peak:,.0f} MB")
+                print(f"{label:>13} {device:>4}: speedup over shap {speedup:.1f}x; float32 error against the float64 "
+                      f"answer: engine {engine_error:.1e}, shap {shap_error:.1e}; largest additivity error "
+                      f"{max_additivity:.1e}")
+                if "floor" in timings:
+                    print(f"{label:>13} {device:>4}: engine / autograd floor {timings['engine'][0] / timings['floor'][0]:.2f}")
+                summary[(name, device)] = (speedup, engine_error, shap_error, max_additivity, timings["engine"][1])
+    speedup, engine_error, shap_error, max_additivity, peak = summary.get(("cnn", "cpu"), summary[("cnn", devices[0])])
+    print(f"speedup_vs_shap={speedup:.2f} engine_f32_error={engine_error:.2e} shap_f32_error={shap_error:.2e} "
+          f"max_additivity={max_additivity:.2e} peak_mb={peak:.0f}")
 
 
 if __name__ == "__main__":

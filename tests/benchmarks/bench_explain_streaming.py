@@ -41,7 +41,7 @@ def prepare(run_dir: Path, n_images: int) -> None:
     from tasks.run.artifacts import write_parquet_atomic
     from tasks.run.formats import split_table
 
-    model, background, _ = build(0, 256, 1)
+    model, background, _ = build("cnn", 0, 256, 1)
     images, labels = synthetic_images(n_images, torch.Generator().manual_seed(7))
     names = [f"class {k}" for k in range(10)]
     for name, x, y in (("train", background, torch.arange(len(background)) % 10), ("validation", images, labels)):
