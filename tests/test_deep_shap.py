@@ -6,7 +6,6 @@ so and checks the engine's additivity and a model on which shap is right instead
 """
 
 import copy
-import types
 
 import numpy as np
 import pytest
@@ -19,6 +18,7 @@ from torch import nn
 from tasks.deepshap.engine import DeepShapEngine, UnsupportedModelError, exact_float32, rows_for_memory
 from tasks.model.predict import probabilities
 from tasks.model.reference import CNNConfig, build_reference_cnn
+from tests.resnets import one_relu_per_use
 
 
 def settle_batchnorm(model: nn.Module, shape: tuple[int, ...]) -> nn.Module:
@@ -263,19 +263,7 @@ def resnet18_with_one_relu_per_use(stem_pool: bool = True) -> tuple[nn.Module, n
     if not stem_pool:
         model.maxpool = nn.Identity()
     settle_batchnorm(model, (3, 32, 32))
-    reference = copy.deepcopy(model)
-    for module in reference.modules():
-        if isinstance(module, nn.ReLU):
-            module.inplace = False
-        if isinstance(module, torchvision.models.resnet.BasicBlock):
-            module.relu2 = nn.ReLU()
-
-            def forward(self, x):
-                identity = x if self.downsample is None else self.downsample(x)
-                out = self.relu(self.bn1(self.conv1(x)))
-                return self.relu2(self.bn2(self.conv2(out)) + identity)
-
-            module.forward = types.MethodType(forward, module)
+    reference = one_relu_per_use(copy.deepcopy(model))
     return probabilities(model).eval(), probabilities(reference).eval()
 
 

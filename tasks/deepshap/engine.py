@@ -34,6 +34,7 @@ import contextlib
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import fx
 
 from tasks.deepshap.graph import (Elementwise, Linear, MaxPool, ModelGraph, Softmax, UnsupportedModelError,
@@ -204,10 +205,16 @@ class DeepShapEngine:
             if isinstance(rule, MaxPool):
                 cross = torch.maximum(xr["out"][:, None], br["out"][None]).flatten(0, 1)
                 small = delta_in.abs() < MAXPOOL_EPS
+                if rule.tiles is not None:  # each input in one window: one weight per input, shared by classes
+                    factors[name] = _tiling_weights(rule.tiles, cross, each(br["out"], False), each(xr["out"], True),
+                                                    each(xr["argmax"], True), each(br["argmax"], False), small,
+                                                    delta_in, self.dtype, track_image_half)
+                    continue
                 factors[name] = {
-                    "to_image": (cross - each(br["out"], False)).to(self.dtype),
-                    "to_background": (each(xr["out"], True) - cross).to(self.dtype),
-                    "argmax_image": each(xr["argmax"], True), "argmax_background": each(br["argmax"], False),
+                    "to_image": _layout(cross - each(br["out"], False), self.dtype),
+                    "to_background": _layout(each(xr["out"], True) - cross, self.dtype),
+                    "argmax_image": _argmax_layout(each(xr["argmax"], True)),
+                    "argmax_background": _argmax_layout(each(br["argmax"], False)),
                     "inverse": _layout(torch.where(small, 0.0, 1.0 / torch.where(small, 1.0, delta_in)), self.dtype)}
                 continue
             small = delta_in.abs() < NONLINEAR_EPS
@@ -261,13 +268,14 @@ class DeepShapEngine:
                 continue
             f = factors[name]
             shape = (k, pairs, *self.shapes[name])
-            if isinstance(rule, Elementwise):
-                out_b = (g_b.view(shape) * f["b"]).view(g_b.shape)
-                m_x = f["x"] if f["x"] is not None else f["b"]
-                out_x = (g_x.view(shape) * m_x).view(g_b.shape) if g_x is not None else \
-                    (g_b.view(shape) * f["x"]).view(g_b.shape) if f["x"] is not None else None
-                add(rule.inputs[0], out_b.view(rows, *self.shapes[rule.inputs[0]]), None if out_x is None else
-                    out_x.view(rows, *self.shapes[rule.inputs[0]]))
+            if isinstance(rule, Elementwise):  # in place: gradients are handed over, never shared
+                out_x = None
+                if g_x is not None:
+                    out_x = g_x.view(shape).mul_(f["x"] if f["x"] is not None else f["b"])
+                elif f["x"] is not None:
+                    out_x = g_b.view(shape) * f["x"]
+                out_b = g_b.view(shape).mul_(f["b"])
+                add(rule.inputs[0], out_b.view(g_b.shape), None if out_x is None else out_x.view(g_b.shape))
             elif isinstance(rule, Softmax):
                 out_b = _softmax_rule(g_b.view(shape), f, f["p_b"], rule)
                 image_half = g_x if g_x is not None else g_b
@@ -285,14 +293,25 @@ class DeepShapEngine:
         divided by the input difference there. Overlapping windows add their shares."""
         in_shape = self.shapes[rule.inputs[0]]
         rows, channels = g_b.shape[0], g_b.shape[1]
+        if rule.tiles is not None:
+            return _tiling_backward(rule.tiles, g_b, g_x, f, k, in_shape)
         image_half = g_x if g_x is not None else g_b
-        spread = torch.zeros((rows, channels, int(np.prod(in_shape[1:]))), dtype=g_b.dtype, device=g_b.device)
+        # Scatter along the flattened spatial positions of each channel; images stay channels-last:
+        # (rows, positions, C), so each multiply and the scatter read memory in order.
+        images = len(in_shape) == 3
+        spread = torch.zeros((rows, int(np.prod(in_shape[1:])), channels) if images else
+                             (rows, channels, int(np.prod(in_shape[1:]))), dtype=g_b.dtype, device=g_b.device)
         for g, share, argmax in ((image_half, f["to_image"], f["argmax_image"]),
                                  (g_b, f["to_background"], f["argmax_background"])):
-            values = (g.view(k, *share.shape) * share).view(rows, channels, -1)
-            index = argmax[None].expand(k, *argmax.shape).reshape(rows, channels, -1)
-            spread.scatter_add_(2, index, values)
-        return (spread.view(k, -1, *in_shape) * f["inverse"]).view(rows, *in_shape)
+            # The last use of each half may overwrite it (the image half is g_b itself while they agree).
+            last_use = g is not g_b or share is f["to_background"]
+            values = (g.view(k, *share.shape).mul_(share) if last_use else g.view(k, *share.shape) * share)
+            values = values.view(rows, *share.shape[1:])
+            values = values.permute(0, 2, 3, 1).reshape(rows, -1, channels) if images else values.view(rows, channels, -1)
+            index = argmax[None].expand(k, *argmax.shape).reshape(values.shape)
+            spread.scatter_add_(1 if images else 2, index, values)
+        grad = spread.view(rows, *in_shape[1:], channels).permute(0, 3, 1, 2) if images else spread.view(rows, *in_shape)
+        return grad.view(k, -1, *in_shape).mul_(f["inverse"]).view(rows, *in_shape)
 
 
 def _layout(factors: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -300,6 +319,48 @@ def _layout(factors: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     transposed convolutions return (products of tensors in two layouts are several times slower)."""
     factors = factors.to(dtype)
     return factors.contiguous(memory_format=torch.channels_last) if factors.ndim == 4 else factors
+
+
+def _tiling_weights(tiles, cross, out_b, out_x, argmax_x, argmax_b, small, delta_in, dtype, image_half: bool) -> dict:
+    """Per pair and input position of a tiling max-pool: its share of its window's output difference over
+    its input difference (the image's argmax gets the image's share, the background's its own): (P, C, H, W),
+    channels-last; with an image half, each share apart too."""
+    kernel = list(tiles)
+    size = list(delta_in.shape[-2:])
+    inverse = torch.where(small, 0.0, 1.0 / torch.where(small, 1.0, delta_in))
+    to_x = F.max_unpool2d(cross - out_b, argmax_x, kernel, output_size=size) * inverse
+    to_b = F.max_unpool2d(out_x - cross, argmax_b, kernel, output_size=size) * inverse
+    both = {"both": _layout(to_x + to_b, dtype)}
+    return {**both, "image": _layout(to_x, dtype), "background": _layout(to_b, dtype)} if image_half else both
+
+
+def _tiling_backward(tiles, g_b, g_x, f, k, in_shape) -> torch.Tensor:
+    """Each output gradient spread over its window, times the window's weights: (rows, C, H, W), channels-last."""
+    kh, kw = tiles
+    c, h, w = in_shape
+    rows, oh, ow = g_b.shape[0], g_b.shape[2], g_b.shape[3]
+    pairs = rows // k
+
+    def spread(g, weight):
+        weight = weight[:, :, : oh * kh, : ow * kw].view(pairs, c, oh, kh, ow, kw)
+        out = torch.empty((k, pairs, oh, kh, ow, kw, c), dtype=g.dtype, device=g.device)
+        torch.mul(g.view(k, pairs, c, oh, 1, ow, 1), weight[None], out=out.permute(0, 1, 6, 2, 3, 4, 5))
+        return out
+
+    if g_x is None:
+        out = spread(g_b, f["both"])
+    else:
+        out = spread(g_x, f["image"])
+        out += spread(g_b, f["background"])
+    grad = out.view(rows, oh * kh, ow * kw, c).permute(0, 3, 1, 2)
+    if (oh * kh, ow * kw) != (h, w):  # rows and columns in no window get nothing
+        grad = F.pad(grad, (0, w - ow * kw, 0, h - oh * kh)).contiguous(memory_format=torch.channels_last)
+    return grad
+
+
+def _argmax_layout(argmax: torch.Tensor) -> torch.Tensor:
+    """Max-pool argmaxes (P, C, *window grid) in the order `_maxpool_rule` scatters: (P, positions, C) for images."""
+    return argmax.permute(0, 2, 3, 1).reshape(len(argmax), -1, argmax.shape[1]) if argmax.ndim == 4 else argmax
 
 
 def _slope(fn, inputs: torch.Tensor) -> torch.Tensor:

@@ -83,7 +83,8 @@ class Rule:
 
 @dataclass
 class Linear(Rule):
-    # (gradient of the output (rows, *out), per-sample input shapes) -> the inputs' gradients
+    # (gradient of the output (rows, *out), per-sample input shapes) -> the inputs' gradients. The caller
+    # hands the gradient over: a VJP may overwrite it, and must not return one tensor for two inputs.
     vjp: Callable[[torch.Tensor, list[tuple[int, ...]]], list[torch.Tensor | None]] = None
 
 
@@ -101,6 +102,7 @@ class Softmax(Rule):
 @dataclass
 class MaxPool(Rule):
     forward: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = None  # (values, flat argmax per window)
+    tiles: tuple[int, int] | None = None  # a 2-D pool whose windows tile the input (kernel = stride, no padding)
 
 
 @dataclass
@@ -127,7 +129,8 @@ def trace_model(model: torch.nn.Module | torch.export.ExportedProgram, example: 
     shards of one run, the randomised copies of the faithfulness checks) reuse it with their own weights.
     """
     if isinstance(model, torch.export.ExportedProgram):
-        return _build(model.run_decompositions({}))  # functional ATen: in-place ReLU becomes relu
+        with _TRACE_LOCK:
+            return _build(model.run_decompositions({}))  # functional ATen: in-place ReLU becomes relu
     model.eval()
     key = _structure(model, example)
     with _TRACE_LOCK:  # torch.export keeps global state: one trace at a time in a process
@@ -139,7 +142,7 @@ def trace_model(model: torch.nn.Module | torch.export.ExportedProgram, example: 
             except Exception as exc:  # noqa: BLE001 - any tracing failure means the model cannot be read as a graph
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise UnsupportedModelError(f"torch.export could not trace the model: {first}") from None
-            program = program.run_decompositions({})
+            program = program.run_decompositions({})  # functional ATen: in-place ReLU becomes relu
             _TRACES[key] = program
             while len(_TRACES) > MAX_TRACES:
                 _TRACES.pop(next(iter(_TRACES)))
@@ -273,12 +276,11 @@ def _rule(node: fx.Node, depends: set[str], consts: dict) -> Rule | None:
     acts = [arg for arg in node.all_input_nodes if arg.name in depends]
     inputs = tuple(dict.fromkeys(arg.name for arg in acts))
     args = _arguments(node)
-    rank = len(node.meta["val"].shape)
+    rank = len(acts[0].meta["val"].shape)  # of the (first) activation it reads: dimensions count in it
     for name in DIM_ARGS.get(packet, ()):
         dims = args.get(name)
-        first_rank = len(acts[0].meta["val"].shape)
         for dim in dims if isinstance(dims, (list, tuple)) else [dims]:
-            if dim is None or (isinstance(dim, int) and dim % max(first_rank, rank, 1) == 0):
+            if dim is None or (isinstance(dim, int) and dim % max(rank, 1) == 0):
                 raise _refuse(node, "it mixes the samples of a batch (it acts on dimension 0)")
     common = {"node": node.name, "inputs": inputs, "where": where(node)}
     if packet in (aten.mul, aten.div) and len(inputs) > 1:
@@ -293,7 +295,7 @@ def _rule(node: fx.Node, depends: set[str], consts: dict) -> Rule | None:
     if packet in MAXPOOL_WITH_INDICES:
         op = MAXPOOL_WITH_INDICES[packet]
         rest = list(node.args[1:])
-        return MaxPool(**common, forward=lambda t: op(t, *rest))
+        return MaxPool(**common, forward=lambda t: op(t, *rest), tiles=_tiles(packet, args))
     if packet in TUPLE_MAXPOOL or packet is aten._native_batch_norm_legit_no_training:
         return None  # its getitem(0) carries the rule
     if packet in REASONS:
@@ -304,6 +306,21 @@ def _rule(node: fx.Node, depends: set[str], consts: dict) -> Rule | None:
             raise _refuse(node, "batch norm in training mode: call model.eval() before exporting it")
         raise _refuse(node, "no exact DeepLIFT rule for this operation")
     return Linear(**common, vjp=vjp)
+
+
+def _tiles(packet, args: dict) -> tuple[int, int] | None:
+    """The window of a 2-D max-pool whose windows neither overlap nor pad (the engine's fast path), else None."""
+    if packet is not aten.max_pool2d:
+        return None
+    kernel = [args["kernel_size"]] * 2 if isinstance(args["kernel_size"], int) else list(args["kernel_size"]) * 1
+    kernel = kernel * 2 if len(kernel) == 1 else kernel
+    stride = args["stride"] or kernel
+    stride = [stride] * 2 if isinstance(stride, int) else list(stride) * (2 if len(stride) == 1 else 1)
+    flat = [args["padding"]] * 2 if isinstance(args["padding"], int) else list(args["padding"])
+    dilation = [args["dilation"]] * 2 if isinstance(args["dilation"], int) else list(args["dilation"])
+    if kernel == stride and not any(flat) and all(d == 1 for d in dilation) and not args["ceil_mode"]:
+        return tuple(kernel)
+    return None
 
 
 def _elementwise(node: fx.Node, common: dict, consts: dict) -> Elementwise:
@@ -340,7 +357,7 @@ def _getitem_rule(node: fx.Node, depends: set[str], consts: dict) -> Rule | None
         scale = (scale * weight.double() if weight is not None else scale).to(var.dtype)
 
         def batchnorm_vjp(g, shapes):
-            return [g * scale.view(1, -1, *[1] * (g.ndim - 2)).to(g.dtype)]
+            return [g.mul_(scale.view(1, -1, *[1] * (g.ndim - 2)).to(g.dtype))]
 
         return Linear(**common, vjp=batchnorm_vjp)
     raise _refuse(source, "no exact DeepLIFT rule for this operation")
@@ -406,10 +423,13 @@ def _linear_vjp(node, packet, args, depends, consts):
 
         def add_vjp(g, shapes):
             grads = [None] * len(order)
+            handed_out = False  # g itself goes to one input at most: later steps may overwrite what they get
             for operand, factor in zip(operands, factors):
                 if is_act(operand):
                     slot = order.index(operand.name)
-                    piece = _sum_to(g if factor == 1 else g * factor, shapes[slot])
+                    piece = g if factor == 1 and not handed_out else g * factor
+                    handed_out = handed_out or piece is g
+                    piece = _sum_to(piece, shapes[slot])
                     grads[slot] = piece if grads[slot] is None else grads[slot] + piece
             return grads
 

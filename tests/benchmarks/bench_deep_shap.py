@@ -49,7 +49,7 @@ def synthetic_images(n: int, generator) -> tuple:
     return images.clamp(0, 1), labels
 
 
-def build(name: str, seed: int, n_background: int, n_images: int):
+def build(name: str, seed: int, n_background: int, n_images: int, for_shap: bool = False):
     """The model (class probabilities), background and images. The reference CNN is trained briefly on
     synthetic images (an untrained net gives near-equal logits, where DeepLIFT's cut-offs decide and
     nothing is compared); resnet18 has random weights and settled batch-norm statistics."""
@@ -73,7 +73,11 @@ def build(name: str, seed: int, n_background: int, n_images: int):
                 loss.backward()
                 optimizer.step()
     else:
+        from tests.resnets import one_relu_per_use
+
         net = torchvision.models.resnet18(num_classes=10)
+        if for_shap:
+            one_relu_per_use(net)  # the same function, in a form shap's hooks can run
         net.train()
         with torch.no_grad():
             for start in range(0, 256, 64):
@@ -90,8 +94,7 @@ def run_method(name: str, method: str, device: str, args, out_dir: str, queue) -
     from tasks.deepshap.engine import DeepShapEngine, exact_float32
 
     torch.set_num_threads(os.cpu_count())
-    n_images = args.images if name == "cnn" else args.resnet_images
-    model, background, images = build(name, args.seed, args.background, n_images)
+    model, background, images = build(name, args.seed, args.background, count(name, args), method != "engine")
     model, background, images = model.to(device), background.to(device), images.to(device)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -125,14 +128,20 @@ def run_method(name: str, method: str, device: str, args, out_dir: str, queue) -
     queue.put((seconds / len(images), peak))
 
 
+def count(name: str, args) -> int:
+    """Explained images of a model (the images drawn depend on the count: always build with it)."""
+    return args.images if name == "cnn" else args.resnet_images
+
+
 def measure(name: str, method: str, device: str, args, out_dir: str) -> tuple[float, float]:
     context = mp.get_context("spawn")
     queue = context.Queue()
     process = context.Process(target=run_method, args=(name, method, device, args, out_dir, queue))
     process.start()
-    result = queue.get()
     process.join()
-    return result
+    if queue.empty():
+        raise SystemExit(f"{name} {method} on {device} failed (exit code {process.exitcode}): see above")
+    return queue.get()
 
 
 def float64_answer(name: str, args, n: int) -> np.ndarray:
@@ -142,7 +151,7 @@ def float64_answer(name: str, args, n: int) -> np.ndarray:
 
     from tasks.deepshap.engine import DeepShapEngine
 
-    model, background, images = build(name, args.seed, args.background, n)
+    model, background, images = build(name, args.seed, args.background, count(name, args), name == "cnn")
     model, background, images = copy.deepcopy(model).double(), background.double(), images[:n].double()
     if name == "cnn":
         values = shap.DeepExplainer(model, background).shap_values(images, check_additivity=False)
@@ -154,7 +163,7 @@ def float64_answer(name: str, args, n: int) -> np.ndarray:
 def additivity(name: str, args, values: np.ndarray) -> float:
     import torch
 
-    model, background, images = build(name, args.seed, args.background, len(values))
+    model, background, images = build(name, args.seed, args.background, count(name, args))
     model64 = copy.deepcopy(model).double()
     with torch.no_grad():
         gap = (model64(images.double()) - model64(background.double()).mean(0)).numpy()
@@ -177,13 +186,17 @@ def main() -> None:
           f"{args.background} background images")
     summary = {}
     with tempfile.TemporaryDirectory() as out_dir:
+        measured = {}  # every child first: a child starts with this process's peak RSS (kept across exec)
+        for name in ("cnn", "resnet18"):
+            methods = ("shap", "engine", "floor") if name == "cnn" else ("shap", "engine")
+            for device in devices:
+                measured[(name, device)] = {m: measure(name, m, device, args, out_dir) for m in methods}
         for name in ("cnn", "resnet18"):
             label = "reference CNN" if name == "cnn" else "resnet18"
             exact = float64_answer(name, args, 4)
             scale = np.abs(exact).max()
             for device in devices:
-                methods = ("shap", "engine", "floor") if name == "cnn" else ("shap", "engine")
-                timings = {m: measure(name, m, device, args, out_dir) for m in methods}
+                timings = measured[(name, device)]
                 ours = np.load(Path(out_dir) / f"{name}-engine-{device}.npy")
                 ref = np.load(Path(out_dir) / f"{name}-shap-{device}.npy")
                 engine_error = float(np.abs(ours[:4] - exact).max() / scale)
