@@ -285,6 +285,39 @@ def test_resnet18_float32_is_within_1e5_of_its_float64_values_and_additive():
     assert additivity_error(model, ours, background, images) <= 1e-6
 
 
+class ShapeOps(nn.Module):
+    """Transposed convolution, padding, upsampling, permute, slice, transpose, select, scaling and a matmul
+    with a constant weight: every one linear, so shap (autograd through them) is right."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.relu, self.up = nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.ConvTranspose2d(2, 3, 2, stride=2)
+        self.tanh = nn.Tanh()
+        self.weight = nn.Parameter(torch.randn(2 * 10 * 3, 4))
+
+    def forward(self, x):  # (1, 6, 6)
+        h = self.up(self.relu(self.conv(x)))  # (3, 12, 12)
+        h = F.interpolate(F.pad(h, (1, 1, 1, 1)), scale_factor=0.5, mode="nearest")  # (3, 7, 7)
+        h = h.permute(0, 2, 3, 1)[:, 1:, :, :].transpose(1, 2)  # (7, 6, 3)
+        h = self.tanh(h.select(1, 2)[:, :, :] * 0.5 - 0.1)  # (6, 3)
+        h = torch.cat([h, h[:, :4]], dim=1)  # (10, 3)
+        return torch.cat([h, -h], dim=1).flatten(1) @ self.weight
+
+
+def test_shape_operations_transposed_convolution_upsampling_and_matmul():
+    torch.manual_seed(18)
+    assert_exact(ShapeOps().eval(), torch.rand(6, 1, 6, 6), torch.rand(2, 1, 6, 6))
+
+
+def test_log_softmax_is_additive():
+    """shap has no rule for LogSoftmax modules (it treats them as linear); the engine's is shap's softmax rule."""
+    torch.manual_seed(19)
+    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3), nn.LogSoftmax(dim=1)).eval()
+    background, images = torch.randn(9, 5), torch.randn(3, 5)
+    values = DeepShapEngine(model, background).shap_values(images)
+    assert additivity_error(model, values, background, images) <= 1e-6
+
+
 def test_chunking_does_not_change_values():
     torch.manual_seed(4)
     cnn = build_reference_cnn(CNNConfig(in_channels=1, num_classes=3, widths=(4, 4, 4, 4, 4, 4, 4)))

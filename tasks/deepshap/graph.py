@@ -63,12 +63,12 @@ CONV = {aten.conv1d, aten.conv2d, aten.conv3d, aten.convolution, aten.conv_trans
 DIM_ARGS = {aten.softmax: ("dim",), aten._softmax: ("dim",), aten.log_softmax: ("dim",), aten._log_softmax: ("dim",),
             aten.cat: ("dim",), aten.slice: ("dim",), aten.select: ("dim",), aten.transpose: ("dim0", "dim1"),
             aten.mean: ("dim",), aten.sum: ("dim",), aten.flip: ("dims",), aten.roll: ("dims",)}
-REASONS = {aten.mul: "a product of two activations has no exact DeepLIFT rule",
-           aten.layer_norm: "layer norm divides by a statistic of the activations: no exact DeepLIFT rule",
+PRODUCT = "a product of two activations has no exact DeepLIFT rule"
+REASONS = {aten.layer_norm: "layer norm divides by a statistic of the activations: no exact DeepLIFT rule",
            aten.native_layer_norm: "layer norm divides by a statistic of the activations: no exact DeepLIFT rule",
            aten.group_norm: "group norm divides by a statistic of the activations: no exact DeepLIFT rule",
            aten.scaled_dot_product_attention: "attention multiplies activations: no exact DeepLIFT rule",
-           aten.bmm: "a product of two activations has no exact DeepLIFT rule",
+           aten.bmm: PRODUCT,
            aten.detach: "detach() stops the backward pass DeepLIFT needs"}
 
 
@@ -277,15 +277,17 @@ def _rule(node: fx.Node, depends: set[str], consts: dict) -> Rule | None:
     inputs = tuple(dict.fromkeys(arg.name for arg in acts))
     args = _arguments(node)
     rank = len(acts[0].meta["val"].shape)  # of the (first) activation it reads: dimensions count in it
+    if packet is aten.slice and _whole(args):
+        return Linear(node=node.name, inputs=inputs, where=where(node), vjp=lambda g, shapes: [g])  # x[:, ...]
     for name in DIM_ARGS.get(packet, ()):
         dims = args.get(name)
         for dim in dims if isinstance(dims, (list, tuple)) else [dims]:
             if dim is None or (isinstance(dim, int) and dim % max(rank, 1) == 0):
                 raise _refuse(node, "it mixes the samples of a batch (it acts on dimension 0)")
     common = {"node": node.name, "inputs": inputs, "where": where(node)}
-    if packet in (aten.mul, aten.div) and len(inputs) > 1:
-        raise _refuse(node, REASONS[aten.mul] if packet is aten.mul else "a quotient of two activations has no exact "
-                      "DeepLIFT rule")
+    if packet in (aten.mul, aten.div) and sum(getattr(args.get(key), "name", None) in depends
+                                              for key in ("self", "other")) > 1:  # x * x too
+        raise _refuse(node, PRODUCT if packet is aten.mul else "a quotient of two activations has no exact DeepLIFT rule")
     if packet in ELEMENTWISE:
         if len(inputs) != 1 or acts[0] is not node.args[0]:
             raise _refuse(node, "its parameters depend on the input")
@@ -306,6 +308,11 @@ def _rule(node: fx.Node, depends: set[str], consts: dict) -> Rule | None:
             raise _refuse(node, "batch norm in training mode: call model.eval() before exporting it")
         raise _refuse(node, "no exact DeepLIFT rule for this operation")
     return Linear(**common, vjp=vjp)
+
+
+def _whole(args: dict) -> bool:
+    """A slice that keeps every index (`x[:]`, which indexing adds in front of later dimensions)."""
+    return args["start"] in (None, 0) and (args["end"] is None or args["end"] >= 2**62) and args["step"] == 1
 
 
 def _tiles(packet, args: dict) -> tuple[int, int] | None:
