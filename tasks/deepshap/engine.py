@@ -307,10 +307,12 @@ class DeepShapEngine:
             last_use = g is not g_b or share is f["to_background"]
             values = (g.view(k, *share.shape).mul_(share) if last_use else g.view(k, *share.shape) * share)
             values = values.view(rows, *share.shape[1:])
-            values = values.permute(0, 2, 3, 1).reshape(rows, -1, channels) if images else values.view(rows, channels, -1)
+            values = (values.permute(0, 2, 3, 1).reshape(rows, -1, channels) if images
+                      else values.view(rows, channels, -1))
             index = argmax[None].expand(k, *argmax.shape).reshape(values.shape)
             spread.scatter_add_(1 if images else 2, index, values)
-        grad = spread.view(rows, *in_shape[1:], channels).permute(0, 3, 1, 2) if images else spread.view(rows, *in_shape)
+        grad = (spread.view(rows, *in_shape[1:], channels).permute(0, 3, 1, 2) if images
+                else spread.view(rows, *in_shape))
         return grad.view(k, -1, *in_shape).mul_(f["inverse"]).view(rows, *in_shape)
 
 

@@ -168,15 +168,16 @@ def _build(program: torch.export.ExportedProgram, weights: dict[str, torch.Tenso
     """`weights` (by state-dict name) replace the program's own: those of another model of the same structure."""
     graph = program.graph
     signature = program.graph_signature
-    user_inputs = [spec.arg.name for spec in signature.input_specs if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT]
+    kinds = torch.export.graph_signature
+    user_inputs = [spec.arg.name for spec in signature.input_specs if spec.kind == kinds.InputKind.USER_INPUT]
     outputs = [spec.arg.name for spec in signature.output_specs
-               if spec.kind == torch.export.graph_signature.OutputKind.USER_OUTPUT]
+               if spec.kind == kinds.OutputKind.USER_OUTPUT]
     if len(user_inputs) != 1 or len(outputs) != 1:
         raise UnsupportedModelError(f"the model must take one tensor and return one, it takes {len(user_inputs)} "
                                     f"and returns {len(outputs)}")
     constants = {}
     for spec in signature.input_specs:
-        if spec.kind != torch.export.graph_signature.InputKind.USER_INPUT:
+        if spec.kind != kinds.InputKind.USER_INPUT:
             source = program.state_dict if spec.target in program.state_dict else program.constants
             constants[spec.arg.name] = (weights or {}).get(spec.target, source[spec.target])
     nodes = {node.name: node for node in graph.nodes}
@@ -287,7 +288,8 @@ def _rule(node: fx.Node, depends: set[str], consts: dict) -> Rule | None:
     common = {"node": node.name, "inputs": inputs, "where": where(node)}
     if packet in (aten.mul, aten.div) and sum(getattr(args.get(key), "name", None) in depends
                                               for key in ("self", "other")) > 1:  # x * x too
-        raise _refuse(node, PRODUCT if packet is aten.mul else "a quotient of two activations has no exact DeepLIFT rule")
+        raise _refuse(node, PRODUCT if packet is aten.mul else
+                      "a quotient of two activations has no exact DeepLIFT rule")
     if packet in ELEMENTWISE:
         if len(inputs) != 1 or acts[0] is not node.args[0]:
             raise _refuse(node, "its parameters depend on the input")
@@ -319,13 +321,14 @@ def _tiles(packet, args: dict) -> tuple[int, int] | None:
     """The window of a 2-D max-pool whose windows neither overlap nor pad (the engine's fast path), else None."""
     if packet is not aten.max_pool2d:
         return None
-    kernel = [args["kernel_size"]] * 2 if isinstance(args["kernel_size"], int) else list(args["kernel_size"]) * 1
-    kernel = kernel * 2 if len(kernel) == 1 else kernel
-    stride = args["stride"] or kernel
-    stride = [stride] * 2 if isinstance(stride, int) else list(stride) * (2 if len(stride) == 1 else 1)
-    flat = [args["padding"]] * 2 if isinstance(args["padding"], int) else list(args["padding"])
-    dilation = [args["dilation"]] * 2 if isinstance(args["dilation"], int) else list(args["dilation"])
-    if kernel == stride and not any(flat) and all(d == 1 for d in dilation) and not args["ceil_mode"]:
+
+    def pair(value) -> list[int]:
+        return [value, value] if isinstance(value, int) else list(value) * (2 if len(value) == 1 else 1)
+
+    kernel = pair(args["kernel_size"])
+    stride = pair(args["stride"]) if args["stride"] else kernel  # [] means the kernel's
+    if kernel == stride and pair(args["padding"]) == [0, 0] and pair(args["dilation"]) == [1, 1] \
+            and not args["ceil_mode"]:
         return tuple(kernel)
     return None
 
@@ -357,9 +360,11 @@ def _getitem_rule(node: fx.Node, depends: set[str], consts: dict) -> Rule | None
         return MaxPool(**common, forward=lambda t: source.target(t, *rest))
     if packet is aten._native_batch_norm_legit_no_training:
         args = _arguments(source)
-        if any(getattr(args[key], "name", None) in depends for key in ("weight", "bias", "running_mean", "running_var")):
+        if any(getattr(args[key], "name", None) in depends
+               for key in ("weight", "bias", "running_mean", "running_var")):
             raise _refuse(source, "its statistics depend on the input")
-        weight, var = consts[args["weight"].name] if args["weight"] is not None else None, consts[args["running_var"].name]
+        weight = consts[args["weight"].name] if args["weight"] is not None else None
+        var = consts[args["running_var"].name]
         scale = torch.rsqrt(var.double() + args["eps"])
         scale = (scale * weight.double() if weight is not None else scale).to(var.dtype)
 

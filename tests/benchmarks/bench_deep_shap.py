@@ -210,7 +210,8 @@ def main() -> None:
                       f"answer: engine {engine_error:.1e}, shap {shap_error:.1e}; largest additivity error "
                       f"{max_additivity:.1e}")
                 if "floor" in timings:
-                    print(f"{label:>13} {device:>4}: engine / autograd floor {timings['engine'][0] / timings['floor'][0]:.2f}")
+                    floor_ratio = timings["engine"][0] / timings["floor"][0]
+                    print(f"{label:>13} {device:>4}: engine / autograd floor {floor_ratio:.2f}")
                 summary[(name, device)] = (speedup, engine_error, shap_error, max_additivity, timings["engine"][1])
     speedup, engine_error, shap_error, max_additivity, peak = summary.get(("cnn", "cpu"), summary[("cnn", devices[0])])
     print(f"speedup_vs_shap={speedup:.2f} engine_f32_error={engine_error:.2e} shap_f32_error={shap_error:.2e} "
