@@ -52,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser(
         "run",
-        help="load data, train the reference CNN or MLP, explain it and render a PDF report",
-        description="Run the compliance_report Prefect flow: load -> train -> explain -> report. "
+        help="load data, train the reference CNN or MLP (or take your --model), explain it and render a PDF report",
+        description="Run the compliance_report Prefect flow: load -> train (or validate --model FILE) -> explain -> "
+        "report. "
         "Uses Prefect's local ephemeral server unless PREFECT_API_URL points at a running one.",
         formatter_class=_HelpFormatter,
     )
@@ -63,7 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
                           "(built in), 'csv:FILE' or 'parquet:FILE' (numeric feature columns, with --label)")
     run.add_argument("--label", metavar="COLUMN",
                      help="csv:/parquet: datasets: the column that holds each row's class")
-    run.add_argument("--epochs", type=_positive_int, default=RunConfig.epochs, metavar="N", help="training epochs")
+    run.add_argument("--model", type=Path, metavar="FILE",
+                     help="validate this model instead of training one: a torch.export archive (.pt2), TorchScript, "
+                          "ONNX (any framework's export) or safetensors weights written by accountability; the "
+                          "format is read from the file (pickles are refused). The dataset is its evaluation data")
+    run.add_argument("--outputs", choices=("logits", "probabilities"),
+                     help="what --model returns (default: detected; rows in [0, 1] summing to 1 are probabilities)")
+    run.add_argument("--epochs", type=_positive_int, default=RunConfig.epochs, metavar="N",
+                     help="training epochs (not used with --model)")
     run.add_argument("--background", type=_positive_int, default=RunConfig.background, metavar="N",
                      help="training rows (images) in the SHAP background (the 'mask')")
     run.add_argument("--explain", dest="explain_rows", type=_positive_int, default=RunConfig.explain_rows, metavar="N",
@@ -187,7 +195,8 @@ def run_command(args: argparse.Namespace) -> int:
                            resume=args.resume)
         print(f"resuming {config.resume} with its recorded parameters")
     else:
-        config = RunConfig(dataset=args.dataset, label=args.label, model_card=args.model_card, compare=args.compare,
+        config = RunConfig(dataset=args.dataset, label=args.label, model=args.model, outputs=args.outputs,
+                           model_card=args.model_card, compare=args.compare,
                            epochs=args.epochs, background=args.background, explain_rows=args.explain_rows,
                            seed=args.seed, out=args.out, shap_engine=args.shap_engine, shard_size=args.shard_size)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

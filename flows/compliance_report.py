@@ -8,6 +8,7 @@ is a flow of its own (flows/deepshap.py), run in-process or on the `deepshap/gpu
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -29,10 +30,12 @@ from tasks.steps.compare import compare_runs
 from tasks.steps.load import load_data
 from tasks.steps.model_card import store_model_card
 from tasks.steps.train import train_model
-from tasks.techniques.registry import applicable, run_order
+from tasks.steps.supplied import supplied_model
+from tasks.techniques.registry import applicable, model_result, run_order, unavailable
 
 load_step = step(load_data, "load")
 train_step = step(train_model, "train")
+model_step = step(supplied_model, "model")
 model_card_step = step(store_model_card, "model-card")
 compare_step = step(compare_runs, "compare")
 report_step = step(render_report, "report")
@@ -42,6 +45,8 @@ report_step = step(render_report, "report")
 def compliance_report(
     dataset: str = RunConfig.dataset,
     label: str | None = None,
+    model: str | None = None,
+    outputs: str | None = None,
     epochs: int = RunConfig.epochs,
     background: int = RunConfig.background,
     explain_rows: int = RunConfig.explain_rows,
@@ -56,24 +61,30 @@ def compliance_report(
     dask_address: str | None = None,
     dask_workers: int = 0,
 ) -> dict:
-    """Train the model, explain it and render a PDF compliance report into a new run directory.
+    """Train the reference model, or validate the user's `model` file, explain it and render a PDF compliance
+    report into a new run directory.
 
     `resume` finishes an unfinished run directory instead (its finished steps come back Cached);
     `shap_deployment` (e.g. "deepshap/gpu") sends the SHAP stage to that deployment's workers;
     `dask_address` / `dask_workers` spread its shards over Dask workers (see flows/deepshap.py).
     """
-    config = preflight(RunConfig(dataset=dataset, label=label, epochs=epochs, background=background,
+    config = preflight(RunConfig(dataset=dataset, label=label, model=model, outputs=outputs, epochs=epochs, background=background,
                                  explain_rows=explain_rows, seed=seed, out=Path(out), shap_engine=shap_engine,
                                  model_card=model_card, compare=compare, resume=resume, shard_size=shard_size),
                        dask_address, dask_workers)
     loaded = load_step(config.dataset, config.out, config.seed, config.val_fraction, config.background,
-                       config.explain_rows, config.label, config.resume)
+                       config.explain_rows, config.label, config.resume, config.model, config.outputs)
     run_dir = loaded["run_dir"]
     record_run(run_dir, {k: v for k, v in config.to_json().items() if k != "resume"})
     results = {"load": loaded}
-    results["train"] = resumable(train_step, run_dir)(str(layout.path(run_dir, "train")),
-                                                      str(layout.path(run_dir, "validation")), run_dir,
-                                                      config.epochs, config.batch_size, config.seed)
+    splits = str(layout.path(run_dir, "train")), str(layout.path(run_dir, "validation"))
+    if config.model is not None:
+        results["model"] = resumable(model_step, run_dir)(str(config.model), *splits, run_dir,
+                                                          loaded["model"]["outputs"],
+                                                          loaded["model"]["outputs_declared"])
+    else:
+        results["train"] = resumable(train_step, run_dir)(*splits, run_dir, config.epochs, config.batch_size,
+                                                          config.seed)
     stage_parameters = {"run_dir": run_dir, "background": config.background, "rows": config.explain_rows,
                         "seed": config.seed, "engine": config.shap_engine, "shard_size": config.shard_size,
                         "dask_address": dask_address, "dask_workers": dask_workers}
@@ -81,7 +92,11 @@ def compliance_report(
     results["deepshap"] = (shap_on_deployment(shap_deployment, stage_parameters) if shap_deployment
                            else deepshap_flow(**stage_parameters))
     results["deepshap"][WALL_SECONDS] = round(time.perf_counter() - started, 3)
+    capabilities = json.loads(layout.path(run_dir, "model").read_text())["capabilities"]
     for technique in run_order(applicable(loaded["modality"])):
+        if reason := unavailable(technique, capabilities):
+            results[technique.name] = {"skipped": reason}
+            continue
         technique_step = resumable(step(technique.step, technique.name, tags=list(technique.tags)), run_dir)
         results[technique.name] = technique_step(run_dir, layout.paths(run_dir, technique.reads), config.seed)
     results["model-card"] = resumable(model_card_step, run_dir)(config.model_card, run_dir)
@@ -95,7 +110,7 @@ def compliance_report(
     publish_artifacts(run_dir, results, report)
     return {"run_dir": run_dir, "pdf": report["files"]["report"]["path"],
             "manifest": report["files"]["manifest"]["path"],
-            "validation_accuracy": results["train"]["final_validation"]["accuracy"],
+            "validation_accuracy": model_result(results)["final_validation"]["accuracy"],
             "max_additivity_error": results["deepshap"]["max_additivity_error"],
             "checks_failed": report["checks_failed"], "n_checks": report["n_checks"], "failed": report["failed"],
             "limitations": report["limitations"], "results": results}
@@ -113,7 +128,7 @@ def shap_on_deployment(name: str, parameters: dict) -> dict:
 
 def publish_artifacts(run_dir: str, results: dict, report: dict) -> None:
     """Attach a summary, the validation metrics and a link to the PDF to the flow run (shown in the UI)."""
-    final, shap = results["train"]["final_validation"], results["deepshap"]
+    final, shap = model_result(results)["final_validation"], results["deepshap"]
     pdf = report["files"]["report"]
     failed = "".join(f"\n  - {name}" for name in report["failed"])
     create_markdown_artifact(

@@ -86,8 +86,8 @@ def deepshap_flow(run_dir: str, background: int, rows: int, seed: int, engine: s
     """
     check_dask_options(dask_address, dask_workers)  # before the plan (cheap; no file is read)
     steps = {name: resumable(prefect_task, run_dir) for name, prefect_task in STAGE_STEPS.items()}
-    weights_path = str(layout.path(run_dir, "weights"))
-    planned = steps["plan"](weights_path, str(layout.path(run_dir, "train")), str(layout.path(run_dir, "validation")),
+    model_path = str(layout.path(run_dir, "model"))
+    planned = steps["plan"](model_path, str(layout.path(run_dir, "train")), str(layout.path(run_dir, "validation")),
                             run_dir, background, rows, seed, engine, shard_size)
     plan_path = planned["plan"]["path"]
     shard_paths = []
@@ -95,7 +95,7 @@ def deepshap_flow(run_dir: str, background: int, rows: int, seed: int, engine: s
     with (environment_kept(), restoring_torch_threads() as threads,
           shard_runner(dask_address, dask_workers, threads) as runner,
           progress_bar(description, total=rows) as advance):
-        futures = [runner.submit(steps["shard"], {"weights_path": weights_path, "plan_path": plan_path,
+        futures = [runner.submit(steps["shard"], {"model_path": model_path, "plan_path": plan_path,
                                                   "run_dir": run_dir, "start": start, "stop": stop})
                    for start, stop in planned["shards"]]
         for future, (start, stop) in zip(futures, planned["shards"]):

@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from tasks.data.specs import check_dataset_source
+from tasks.model.formats import detect_format
 from tasks.run.config import RunConfig
 from tasks.run.errors import InputError
 from tasks.run.history import check_previous_run
@@ -41,6 +42,12 @@ def _check(config: RunConfig, dask_address: str | None, dask_workers: int) -> Ru
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a directory")
     resolved = {"out": out}
+    if config.model is not None:
+        resolved["model"] = config.model.expanduser().resolve()
+        fmt = detect_format(resolved["model"])
+        if config.shap_engine == "shap" and fmt != "safetensors":
+            raise InputError(f"--shap-engine shap needs the model as PyTorch modules; --model {resolved['model']} is "
+                             f"a {fmt} file: use the default engine, which reads its graph")
     if config.model_card is not None:
         resolved["model_card"] = config.model_card.expanduser().resolve()
         read_model_card(resolved["model_card"])

@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from tasks.model.predict import predict_proba
-from tasks.model.reference import load_weights
+from tasks.model.run_model import load_run_model
 from tasks.run import layout
 from tasks.run.formats import background_images, read_split
 from tasks.techniques.faithfulness import (cascading_randomisation, curve_areas, deep_shap_explainer,
@@ -13,10 +12,10 @@ from tasks.techniques.faithfulness import (cascading_randomisation, curve_areas,
 
 def model_and_rows(run_dir):
     """A finished run's model, SHAP background, first 8 validation rows and their predicted classes."""
-    model, _, _ = load_weights(layout.path(run_dir, "weights"))
+    model = load_run_model(layout.path(run_dir, "model"))
     background = background_images(layout.path(run_dir, "background"))
     rows = read_split(layout.path(run_dir, "validation")).inputs[:8]
-    return model, background, rows, predict_proba(model, rows).argmax(1)
+    return model, background, rows, model.predict_proba(rows).argmax(1)
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +41,10 @@ def test_deep_shap_maps_change_when_the_model_is_randomised(table_model):
 def test_deep_shap_beats_random_order_in_deletion_and_insertion(digits_run):
     model, background, rows, targets = model_and_rows(digits_run[1]["run_dir"])
     maps = deep_shap_explainer(background)(model, rows, targets)
-    curves = deletion_insertion(lambda x: predict_proba(model, x), rows, maps, targets, background.mean(0), seed=0)
+    curves = deletion_insertion(lambda x: model.predict_proba(x), rows, maps, targets, background.mean(0), seed=0)
     assert set(curves["fraction"]) == {i / 16 for i in range(17)}
     full = curves[(curves["curve"] == "deletion") & (curves["fraction"] == 0)]
-    np.testing.assert_allclose(full["probability"], np.repeat(predict_proba(model, rows)[np.arange(8), targets], 4))
+    np.testing.assert_allclose(full["probability"], np.repeat(model.predict_proba(rows)[np.arange(8), targets], 4))
     areas = curve_areas(curves)
     assert areas.loc["deletion", "attribution"] < areas.loc["deletion", "random"]
     assert areas.loc["insertion", "attribution"] > areas.loc["insertion", "random"]

@@ -43,7 +43,7 @@ def test_a_file_that_is_not_an_image_is_refused(finished_run, tmp_path):
 
 def test_a_directory_that_is_not_a_run_is_refused(finished_run, tmp_path):
     root, _ = finished_run
-    with pytest.raises(InputError, match="not a finished run directory: model/model.safetensors is missing"):
+    with pytest.raises(InputError, match="not a finished run directory: model/model.json is missing"):
         explain_image(root / "dark" / "0.png", tmp_path, tmp_path / "out")
 
 
@@ -61,5 +61,5 @@ def test_cli_prints_prediction_and_paths(finished_run, tmp_path):
 
 def test_a_table_models_run_is_refused(finished_run, table_run, tmp_path):
     root, _ = finished_run
-    with pytest.raises(InputError, match="holds a table model"):
+    with pytest.raises(InputError, match="is a run on table data"):
         explain_image(root / "dark" / "0.png", table_run["run_dir"], tmp_path / "explanations")

@@ -14,7 +14,7 @@ from tasks.techniques.gradients import integrated_gradients
 from tasks.techniques.kernel_shap import kernel_shap_patches, kernel_shap_tabular
 from tasks.techniques.lime_surrogates import lime_images, lime_tabular
 from tasks.run.formats import Split
-from tasks.techniques.partial_dependence import TorchClassifier, pd_curves
+from tasks.techniques.partial_dependence import FittedClassifier, pd_curves
 from tasks.techniques.permutation import grouped_permutation_importance
 from tasks.techniques.slices import slice_table
 from tasks.model.predict import predict_proba
@@ -83,7 +83,7 @@ def test_permutation_importance_ranks_the_informative_feature_first_and_matches_
     ours = grouped_permutation_importance(predict, x, y, groups, n_repeats=20, seed=0)
     assert ours["importance_mean"].idxmax() == 0 and ours.loc[0, "ci_low"] > 0.3
     np.testing.assert_array_equal(ours.loc[1:, "importance_mean"], 0.0)  # shuffling an unused column changes nothing
-    reference = sklearn_permutation_importance(TorchClassifier(model, 2), x, y, scoring="accuracy", n_repeats=20,
+    reference = sklearn_permutation_importance(FittedClassifier(predict, 2), x, y, scoring="accuracy", n_repeats=20,
                                                random_state=0)
     assert abs(reference.importances_mean[0] - ours.loc[0, "importance_mean"]) < 0.05
     np.testing.assert_array_equal(reference.importances_mean[1:], 0.0)
@@ -110,13 +110,13 @@ class LinearProbability(nn.Module):
 
 def test_the_partial_dependence_of_a_linear_model_is_a_straight_line(table_data):
     x, _ = table_data
-    curves = pd_curves(LinearProbability(), 2, x, feature=0)
+    curves = pd_curves(lambda b: predict_proba(LinearProbability(), b), 2, x, feature=0)
     average = curves[curves["row"] < 0].sort_values("grid_value")
     slope = np.diff(average["probability"]) / np.diff(average["grid_value"])
     np.testing.assert_allclose(slope, 0.1, atol=1e-6)
     ice = curves[curves["row"] == 0]
     assert len(ice) == len(average) and (curves["class_index"] == 1).all()
-    flat = pd_curves(LinearProbability(), 2, x, feature=2)  # a feature the model ignores: a flat line
+    flat = pd_curves(lambda b: predict_proba(LinearProbability(), b), 2, x, feature=2)  # a feature the model ignores: a flat line
     assert np.ptp(flat[flat["row"] < 0]["probability"]) < 1e-9
 
 

@@ -26,11 +26,12 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 MAX_SOURCE_PIXELS = 100_000_000  # larger images are refused before decoding
 
 
-def resize_images(images: torch.Tensor, size: int = IMAGE_SIZE) -> torch.Tensor:
-    """Bilinear resize of (n, C, H, W) images to (n, C, size, size)."""
-    if images.shape[-2:] == (size, size):
+def resize_images(images: torch.Tensor, size: int | tuple[int, int] = IMAGE_SIZE) -> torch.Tensor:
+    """Bilinear resize of (n, C, H, W) images to (n, C, size, size), or (n, C, *size) for a pair."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(images.shape[-2:]) == size:
         return images
-    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
 def load_digits() -> Dataset:

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
+from tasks.model.run_model import RunModel
 from tasks.deepshap.graph import (Elementwise, Linear, MaxPool, ModelGraph, Softmax, UnsupportedModelError,
                                   trace_model)
 
@@ -62,6 +63,12 @@ def exact_float32():
             setattr(owner, name, value)
 
 
+def model_engine(model: RunModel, background: torch.Tensor, **options) -> DeepShapEngine:
+    """The engine for the class probabilities of a run's model (tasks/model/run_model.py)."""
+    return DeepShapEngine(model.deepshap_graph(background), background, softmax=model.logits, weights=model.replaced,
+                          **options)
+
+
 class DeepShapEngine:
     """DeepSHAP values of a model's outputs: shap.DeepExplainer's rules, float64 multipliers.
 
@@ -71,14 +78,16 @@ class DeepShapEngine:
     max_rows: the largest batch of the backward pass (classes x images x background samples). The CPU
     default keeps the working set near the L3 cache (measured best here); on CUDA it is chosen from
     the free device memory.
+    softmax: explain the softmax of the model's outputs (a model returning logits).
+    weights: an `ExportedProgram`'s tensors to replace, by state-dict name (a randomised copy of it).
     """
 
     CPU_ROWS, CUDA_MEMORY_SHARE = 400, 0.5
 
     def __init__(self, model: torch.nn.Module | torch.export.ExportedProgram, background: torch.Tensor,
-                 max_rows: int | None = None):
+                 max_rows: int | None = None, softmax: bool = False, weights: dict | None = None):
         self.background = background.detach()
-        self.graph: ModelGraph = trace_model(model, self.background)
+        self.graph: ModelGraph = trace_model(model, self.background, softmax, weights)
         self.dtype = self.graph.dtype  # the backward pass's dtype: the model's own
         self._nonlinear = [name for name, rule in self.graph.rules.items() if not isinstance(rule, Linear)]
         with torch.no_grad(), exact_float32():

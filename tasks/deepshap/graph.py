@@ -121,8 +121,12 @@ class ModelGraph:
         self.maxpools = any(isinstance(rule, MaxPool) for rule in self.rules.values())
 
 
-def trace_model(model: torch.nn.Module | torch.export.ExportedProgram, example: torch.Tensor) -> ModelGraph:
+def trace_model(model: torch.nn.Module | torch.export.ExportedProgram, example: torch.Tensor, softmax: bool = False,
+                weights: dict[str, torch.Tensor] | None = None) -> ModelGraph:
     """The model's graph with a rule per operation on the input; refuses what has no exact rule.
+
+    softmax: append a softmax over the classes (the model returns logits; explanations are of probabilities).
+    weights: for an `ExportedProgram`, tensors (by state-dict name) that replace some of its own.
 
     Tracing costs seconds, so the traced program is kept per module structure (classes, forwards,
     hyperparameters, parameter shapes, input shape): models that differ only in their weights (the
@@ -130,7 +134,17 @@ def trace_model(model: torch.nn.Module | torch.export.ExportedProgram, example: 
     """
     if isinstance(model, torch.export.ExportedProgram):
         with _TRACE_LOCK:
-            return _build(model.run_decompositions({}))  # functional ATen: in-place ReLU becomes relu
+            key = (id(model), softmax)
+            if key not in _PROGRAMS or _PROGRAMS[key][0] is not model:
+                program = model.run_decompositions({})  # functional ATen: in-place ReLU becomes relu
+                output = _append_softmax(program.graph) if softmax else None
+                _PROGRAMS[key] = (model, program, output)
+                while len(_PROGRAMS) > MAX_TRACES:
+                    _PROGRAMS.pop(next(iter(_PROGRAMS)))
+            _, program, output = _PROGRAMS[key]
+            return _build(program, weights, output, example.device)
+    if softmax:
+        model = torch.nn.Sequential(model, torch.nn.Softmax(dim=1))
     model.eval()
     key = _structure(model, example)
     with _TRACE_LOCK:  # torch.export keeps global state: one trace at a time in a process
@@ -147,10 +161,11 @@ def trace_model(model: torch.nn.Module | torch.export.ExportedProgram, example: 
             while len(_TRACES) > MAX_TRACES:
                 _TRACES.pop(next(iter(_TRACES)))
     weights = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-    return _build(program, {name: value.detach() for name, value in weights.items()})
+    return _build(program, {name: value.detach() for name, value in weights.items()}, device=example.device)
 
 
 _TRACES: dict[tuple, torch.export.ExportedProgram] = {}
+_PROGRAMS: dict[tuple, tuple] = {}  # (id, softmax) -> (the program given, its decomposition, the output's name)
 _TRACE_LOCK = threading.Lock()
 MAX_TRACES = 8
 
@@ -164,8 +179,10 @@ def _structure(model: torch.nn.Module, example: torch.Tensor) -> tuple:
     return modules, tensors, repr(model), tuple(example.shape[1:]), example.dtype, example.device.type
 
 
-def _build(program: torch.export.ExportedProgram, weights: dict[str, torch.Tensor] | None = None) -> ModelGraph:
-    """`weights` (by state-dict name) replace the program's own: those of another model of the same structure."""
+def _build(program: torch.export.ExportedProgram, weights: dict[str, torch.Tensor] | None = None,
+           output: str | None = None, device: torch.device | None = None) -> ModelGraph:
+    """`weights` (by state-dict name) replace the program's own: those of another model of the same structure.
+    `output`: the node that is the model's output, when not the program's own (an appended softmax)."""
     graph = program.graph
     signature = program.graph_signature
     kinds = torch.export.graph_signature
@@ -179,9 +196,10 @@ def _build(program: torch.export.ExportedProgram, weights: dict[str, torch.Tenso
     for spec in signature.input_specs:
         if spec.kind != kinds.InputKind.USER_INPUT:
             source = program.state_dict if spec.target in program.state_dict else program.constants
-            constants[spec.arg.name] = (weights or {}).get(spec.target, source[spec.target])
+            value = (weights or {}).get(spec.target, source[spec.target])
+            constants[spec.arg.name] = value.to(device) if device is not None and torch.is_tensor(value) else value
     nodes = {node.name: node for node in graph.nodes}
-    (input_name,), output_name = user_inputs, outputs[0]
+    (input_name,), output_name = user_inputs, output or outputs[0]
     value = nodes[input_name].meta.get("val")
     static_batch = value.shape[0] if value is not None and isinstance(value.shape[0], int) else None
     dtype = next((t.dtype for t in constants.values() if isinstance(t, torch.Tensor) and t.is_floating_point()),
@@ -204,6 +222,16 @@ def _build(program: torch.export.ExportedProgram, weights: dict[str, torch.Tenso
     if output_name not in depends:
         raise UnsupportedModelError("the model's output does not depend on its input")
     return ModelGraph(graph, input_name, output_name, consts64, consts, rules, static_batch, dtype)
+
+
+def _append_softmax(graph: fx.Graph) -> str:
+    """Insert softmax(output, dim=1) and make it the graph's output; returns its node's name."""
+    (output,) = graph.output_node().args[0]
+    with graph.inserting_after(output):
+        probabilities = graph.call_function(aten._softmax.default, (output, 1, False))
+    probabilities.meta["val"] = output.meta.get("val")  # same shape and dtype
+    graph.output_node().replace_input_with(output, probabilities)
+    return probabilities.name
 
 
 def _is_tensor(node: fx.Node) -> bool:

@@ -33,15 +33,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from tasks.deepshap.engine import DeepShapEngine, UnsupportedModelError
-from tasks.model.predict import probabilities
-from tasks.model.reference import load_weights
+from tasks.deepshap.agnostic import kernel_engine
+from tasks.deepshap.engine import UnsupportedModelError, model_engine
+from tasks.model.run_model import RunModel, load_run_model
 from tasks.run import layout
 from tasks.run.artifacts import atomic_path, write_parquet_atomic
 from tasks.run.checks import SECTION_QUALITY, Check
 from tasks.data.dataset import require_rows
 from tasks.run.errors import InputError
-from tasks.run.formats import (META_DEVICE, META_ENGINE, META_EXPECTED, META_SHAPE, META_WORKER, background_images,
+from tasks.run.formats import (META_DEVICE, META_ENGINE, META_EXPECTED, META_SEED, META_SHAPE, META_WORKER,
+                               background_images,
                                file_ref, float32_column, float32_rows, metadata, read_split)
 
 # Rows per shard, the unit of work a worker takes, when the run does not say: on a CPU small (shards run side
@@ -120,11 +121,13 @@ def _round_robin(candidates: list[int], labels: np.ndarray, size: int, exclude: 
     return picked
 
 
-def shap_deep_explainer(model: torch.nn.Module, background: torch.Tensor):
-    """shap's own DeepExplainer, as a function of a batch: returns (n, K, C, H, W) values."""
+def shap_deep_explainer(model: RunModel | torch.nn.Module, background: torch.Tensor, seed: int = 0):
+    """shap's own DeepExplainer of a run's model's probabilities (or of a module's outputs), as a function of a
+    batch: returns (n, K, C, H, W) values."""
     import shap
 
-    explainer = shap.DeepExplainer(model, background)
+    module = model.probability_module() if isinstance(model, RunModel) else model
+    explainer = shap.DeepExplainer(module.to(background.device).eval(), background)
 
     def explain(images: torch.Tensor) -> np.ndarray:
         values = explainer.shap_values(images, check_additivity=False)  # (n, C, H, W, K)
@@ -133,16 +136,26 @@ def shap_deep_explainer(model: torch.nn.Module, background: torch.Tensor):
     return explain
 
 
-def deep_shap_engine(model: torch.nn.Module, background: torch.Tensor):
-    """The fast exact engine (tasks/deep_shap.py), as a function of a batch: (n, K, C, H, W) values."""
+def deep_shap_engine(model: RunModel, background: torch.Tensor, seed: int = 0):
+    """The fast exact engine (tasks/deepshap/engine.py), as a function of a batch: (n, K, C, H, W) values."""
     try:
-        engine = DeepShapEngine(model, background)
+        engine = model_engine(model, background)
     except UnsupportedModelError as exc:
         raise InputError(str(exc)) from None
     return engine.shap_values
 
 
-ENGINES = {"fast": deep_shap_engine, "shap": shap_deep_explainer}
+def kernel_shap_engine(model: RunModel, background: torch.Tensor, seed: int = 0):
+    """Model-agnostic Kernel SHAP (tasks/deepshap/agnostic.py), for models without a DeepSHAP graph."""
+    return kernel_engine(model.predict_proba, background, seed)
+
+
+ENGINES = {"fast": deep_shap_engine, "shap": shap_deep_explainer, "kernel": kernel_shap_engine}
+
+
+def stage_engine(model: RunModel, requested: str) -> str:
+    """The engine the stage uses: the one asked for, or Kernel SHAP where the model has no DeepSHAP graph."""
+    return "kernel" if model.record["capabilities"].get("deepshap") else requested
 
 
 @contextlib.contextmanager
@@ -156,7 +169,7 @@ def restoring_torch_threads():
         torch.set_num_threads(threads)
 
 
-def plan_explanation(weights_path: Path, train_path: Path, validation_path: Path, run_dir: Path, background: int,
+def plan_explanation(model_path: Path, train_path: Path, validation_path: Path, run_dir: Path, background: int,
                      rows: int, seed: int, engine: str = "fast", shard_size: int | None = None) -> dict:
     """Choose the background and the rows to explain, predict every validation row, and cut the rows into shards.
 
@@ -168,22 +181,19 @@ def plan_explanation(weights_path: Path, train_path: Path, validation_path: Path
         raise InputError(f"unknown SHAP engine {engine!r}: use one of {', '.join(ENGINES)}")
     if shard_size is not None and shard_size < 1:
         raise InputError(f"--shard-size must be a positive integer, got {shard_size!r}")
-    model, _, _ = load_weights(Path(weights_path))
+    model = load_run_model(model_path)
+    engine = stage_engine(model, engine)
     train, val = read_split(Path(train_path)), read_split(Path(validation_path))
     device = choose_device()
     shard_size = shard_size or (GPU_SHARD_ROWS if device.type == "cuda" else SHARD_ROWS)
-    prob_model = probabilities(model).to(device).eval()
-    with torch.no_grad():
-        val_probs = torch.cat([prob_model(torch.from_numpy(val.inputs[i : i + 256]).to(device)).cpu()
-                               for i in range(0, len(val.inputs), 256)]).numpy()
+    val_probs = model.predict_proba(val.inputs)
     predicted = val_probs.argmax(1)
     background_idx = select_background(len(train.inputs), background, seed)
     image_idx = select_images(val.labels, predicted, rows, seed)
-    with torch.no_grad():
-        expected = prob_model(torch.from_numpy(train.inputs[background_idx]).to(device)).mean(0)
+    expected = model.predict_proba(train.inputs[background_idx]).mean(0)
     shape = list(val.inputs.shape[1:])  # [C, H, W] or [n_features]
-    meta = {META_EXPECTED: json.dumps(expected.cpu().double().tolist()).encode(),
-            META_SHAPE: json.dumps(shape).encode(), META_ENGINE: engine.encode()}
+    meta = {META_EXPECTED: json.dumps(expected.tolist()).encode(), META_SHAPE: json.dumps(shape).encode(),
+            META_ENGINE: engine.encode(), META_SEED: str(seed).encode()}
     plan = pa.table({
         "position": pa.array(np.arange(len(image_idx)), type=pa.int32()),
         "source_id": [val.source_ids[i] for i in image_idx],
@@ -206,7 +216,7 @@ def plan_explanation(weights_path: Path, train_path: Path, validation_path: Path
                        for start in range(0, len(image_idx), shard_size)]}
 
 
-def explain_shard(weights_path: Path, plan_path: Path, run_dir: Path, start: int, stop: int) -> dict:
+def explain_shard(model_path: Path, plan_path: Path, run_dir: Path, start: int, stop: int) -> dict:
     """DeepSHAP values of the plan's rows [start, stop), written to ``deepshap/shards/``; any worker can run it.
 
     Shards are independent of each other and of where they run: the values of a row depend only on the
@@ -218,16 +228,18 @@ def explain_shard(weights_path: Path, plan_path: Path, run_dir: Path, start: int
     """
     torch.set_num_threads(1)
     plan_path = Path(plan_path)
-    model, _, _ = load_weights(Path(weights_path))
+    model = load_run_model(model_path)
     rows = pq.read_table(plan_path, columns=["position", "source_id", "inputs"]).slice(start, stop - start)
     meta = metadata(plan_path)
     shape, engine = json.loads(meta[META_SHAPE.decode()]), meta[META_ENGINE.decode()]
     if rows.num_rows != stop - start or rows.num_rows == 0:
         raise InputError(f"shard [{start}, {stop}) is outside the plan's {pq.read_metadata(plan_path).num_rows} rows")
-    device = choose_device()
-    prob_model = probabilities(model).to(device).eval()
+    device = choose_device() if engine != "kernel" else torch.device("cpu")
+    if model.file.module is not None and engine != "kernel":
+        model.file.module.to(device)
     background_x = torch.from_numpy(background_images(layout.path(run_dir, "background"))).to(device)
-    phi = ENGINES[engine](prob_model, background_x)(torch.from_numpy(float32_rows(rows.column("inputs"), shape)))
+    explain = ENGINES[engine](model, background_x, int(meta.get(META_SEED.decode(), 0)))
+    phi = explain(torch.from_numpy(float32_rows(rows.column("inputs"), shape)))
     n, n_classes = phi.shape[:2]
     table = pa.table({
         "position": pa.array(np.repeat(rows.column("position").to_numpy(), n_classes), type=pa.int32()),

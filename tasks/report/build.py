@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.deepshap.stage import shard_workers
-from tasks.model.reference import load_weights
+from tasks.model.run_model import CAPABILITIES, RunModel, load_run_model
 from tasks.report import figures
 from tasks.report.narrative import (describe_mistake, describe_table_mistake, feature_summary, model_description,
                                     reason_codes)
@@ -81,8 +81,9 @@ def render_report(run_dir: Path, results: dict, params: dict, environment: dict,
     """
     started = time.perf_counter()
     run_dir = Path(run_dir)
-    load, train, shap = results["load"], results["train"], results["deepshap"]
-    model, model_config, training = load_weights(layout.path(run_dir, "weights"))
+    load, train, shap = results["load"], registry.model_result(results), results["deepshap"]
+    model = load_run_model(layout.path(run_dir, "model"))
+    supplied = model.record["source"] == "supplied"
     values, values_meta = read_shap_values(layout.path(run_dir, "shap_values"))
     expected = json.loads(values_meta["accountability.expected_values"])
     data = ReportData(run_dir, read_split(layout.path(run_dir, "train")), read_split(layout.path(run_dir, "validation")),
@@ -90,7 +91,12 @@ def render_report(run_dir: Path, results: dict, params: dict, environment: dict,
     names, is_table = data.names, data.modality == "table"
     metrics = pd.read_parquet(layout.path(run_dir, "metrics"))
     per_class = pd.read_parquet(layout.path(run_dir, "metrics_per_class"))
-    val_pred = pd.read_parquet(layout.path(run_dir, "predictions"))["predicted"].to_numpy()  # validation order
+    if supplied:  # measured on all the data: every row's prediction
+        evaluation = pd.read_parquet(layout.path(run_dir, "evaluation"))
+        labels, val_pred = evaluation["label"].to_numpy(), evaluation["predicted"].to_numpy()
+    else:
+        labels = data.validation.labels
+        val_pred = pd.read_parquet(layout.path(run_dir, "predictions"))["predicted"].to_numpy()  # validation order
     errors = data.explained["additivity_error"].to_numpy()
     checks = run_checks(results)
     additivity = next(c for c in checks if c.id == "deepshap.additivity")
@@ -98,19 +104,22 @@ def render_report(run_dir: Path, results: dict, params: dict, environment: dict,
     samples = None if is_table else figures.sample_grid(data.train.inputs, data.train.labels, names,
                                                         data.figure("samples.png"), MAX_SAMPLE_IMAGES)
     shown = [t for t in registry.applicable(data.modality) if t.name in results or t.step is None]
-    last_val = per_class[(per_class["split"] == "validation") & (per_class["epoch"] == per_class["epoch"].max())]
+    measured = "all" if supplied else "validation"
+    last_val = per_class[(per_class["split"] == measured) & (per_class["epoch"] == per_class["epoch"].max())]
     final = train["final_validation"]
     model_card = results.get("model-card") or store_model_card(None, run_dir)
     cases = case_studies(data, expected)
     context = {
-        "title": {"model": model_description(model_config), "dataset": load["dataset"], "run_id": run_dir.name,
+        "title": {"model": (f"{model.record['format']} model {Path(model.record['original_path']).name}"
+                            if supplied else model_description(model.file.meta["config"])), "dataset": load["dataset"], "run_id": run_dir.name,
                   "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                   "flow_run_id": flow_run.get("id") or "not run under Prefect"},
         "summary": {
             "accuracy": final["accuracy"], "f1_macro": final["f1_macro"], "n_classes": len(names),
             "n_train": int(sum(load["class_counts"]["train"])),
             "n_validation": int(sum(load["class_counts"]["validation"])),
-            "epochs": params["epochs"], "n_explained": len(cases),
+            "epochs": params["epochs"], "n_explained": len(cases), "supplied": supplied,
+            "n_rows": int(sum(load["class_counts"]["train"]) + sum(load["class_counts"]["validation"])),
             "n_misclassified": sum(not c["correct"] for c in cases),
             "engine": shap["engine"], "device": shap["device"], "background": params["background"],
             "weakest_class": last_val.sort_values("f1").iloc[0]["class_name"],
@@ -122,20 +131,22 @@ def render_report(run_dir: Path, results: dict, params: dict, environment: dict,
             "samples": data.rel(samples) if samples else None,
             "features": feature_summary(data.train) if is_table else [],
         },
-        "training": {
-            "curves": data.rel(figures.training_curves(metrics, data.figure("training_curves.png"))),
+        "training": model_section(model, metrics) if supplied else {
+            "supplied": False, "curves": data.rel(figures.training_curves(metrics, data.figure("training_curves.png"))),
             "epochs": metrics.pivot(index="epoch", columns="split", values=["loss", "accuracy"]).reset_index()
                              .to_dict("records"),
-            "settings": training,
+            "settings": model.file.meta["training"],
         },
         "validation": {
             "classes": last_val.to_dict("records"), "final": final,
-            "confusion": data.rel(figures.confusion_matrix(data.validation.labels, val_pred, names,
+            "measured": measured,
+            "confusion": data.rel(figures.confusion_matrix(labels, val_pred, names,
                                                            data.figure("confusion_matrix.png"))),
         },
         "cases": cases,
         "techniques": [{"name": t.name, "title": t.title, "partial": t.partial, "place": t.place} for t in shown],
-        "sections": {t.name: t.section(data, results.get(t.name)) for t in shown},
+        "sections": {t.name: (results[t.name] if "skipped" in results.get(t.name, {}) else
+                              t.section(data, results.get(t.name))) for t in shown},
         "comparison": comparison_section(results.get("compare")),
         "model_card": model_card,
         "quality": {
@@ -171,6 +182,26 @@ def render_report(run_dir: Path, results: dict, params: dict, environment: dict,
             "checks_failed": len(context["failed_checks"]), "n_checks": len(checks),
             "failed": [f"{c['method']}: {c['property']}" for c in context["failed_checks"]],
             "limitations": len(context["limitations"])}
+
+
+MAX_OPERATIONS = 20  # rows of the model section's operation table
+
+
+def model_section(model: RunModel, metrics: pd.DataFrame) -> dict:
+    """The supplied model under validation: its file, what it says about itself, what it allows, how it scores."""
+    record = model.record
+    shape = ", ".join(str(d) for d in record["input_shape"])
+    return {
+        "supplied": True, "record": record,
+        "signature": {"input": f"{record.get('input_name') or 'input'}: (batch, {shape}) float32",
+                      "output": f"(batch, {record['n_outputs']}) {record['outputs']} "
+                                f"({'as declared by --outputs' if record['outputs_declared'] else 'detected'})"},
+        "operations": record["operations"][:MAX_OPERATIONS],
+        "more_operations": max(0, len(record["operations"]) - MAX_OPERATIONS),
+        "capabilities": [{"name": name, "what": text, "reason": record["capabilities"].get(name)}
+                         for name, text in CAPABILITIES.items()],
+        "metrics": metrics.to_dict("records"),
+    }
 
 
 def model_card_limitations(model_card: dict) -> list[str]:

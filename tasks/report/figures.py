@@ -12,7 +12,6 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from shap.plots.colors import red_transparent_blue  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
-from torch import nn  # noqa: E402
 
 from tasks.run.artifacts import atomic_path  # noqa: E402
 
@@ -353,15 +352,15 @@ def deletion_insertion_curves(curves: pd.DataFrame, path: Path) -> Path:
     return _save(fig, path)
 
 
-def weight_histograms(model: nn.Module, path: Path) -> Path:
-    """A histogram of the weights of every convolution and linear layer, one panel each."""
-    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+def weight_histograms(layers: dict[str, np.ndarray], path: Path, most: int = 32) -> Path:
+    """A histogram of each weight matrix or kernel (the first `most`), one panel each."""
+    layers = list(layers.items())[:most]
     cols = 4
     rows = -(-len(layers) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(10, 1.9 * rows), squeeze=False)
-    for ax, (name, module) in zip(axes.ravel(), layers):
-        ax.hist(module.weight.detach().cpu().numpy().ravel(), bins=40, color="#4c72b0")
-        ax.set_title(f"layer {name}: {type(module).__name__} {tuple(module.weight.shape)}", fontsize=6)
+    for ax, (name, weight) in zip(axes.ravel(), layers):
+        ax.hist(weight.ravel(), bins=40, color="#4c72b0")
+        ax.set_title(f"{name[-40:]} {tuple(weight.shape)}", fontsize=6)
         ax.tick_params(labelsize=5)
     for ax in axes.ravel()[len(layers):]:
         ax.axis("off")
@@ -369,10 +368,9 @@ def weight_histograms(model: nn.Module, path: Path) -> Path:
     return _save(fig, path, tight=False)
 
 
-def first_conv_filters(model: nn.Module, path: Path) -> Path:
-    """The first convolution's filters as small images (RGB for 3 input channels, else the channel mean)."""
-    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
-    weights = conv.weight.detach().cpu().numpy()  # (out, in, kh, kw)
+def first_conv_filters(weights: np.ndarray, path: Path) -> Path:
+    """The first convolution's filters (out, in, kh, kw) as small images (RGB for 3 input channels, else the
+    channel mean)."""
     cols = 8
     rows = -(-len(weights) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.7, rows * 0.75), squeeze=False)

@@ -8,11 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tasks.data.images import read_image
-from tasks.deepshap.engine import DeepShapEngine
-from tasks.deepshap.stage import additivity_errors
-from tasks.model.predict import probabilities
-from tasks.model.reference import CNNConfig, load_weights
+from tasks.data.images import read_image, resize_images
+from tasks.deepshap.stage import ENGINES, additivity_errors, stage_engine
+from tasks.model.run_model import load_run_model
 from tasks.report.figures import shap_image_plot
 from tasks.report.render import render_pdf
 from tasks.run import layout
@@ -26,29 +24,26 @@ def explain_image(image_path: Path, run_dir: Path, out_dir: Path) -> dict:
     image_path, run_dir = Path(image_path).expanduser().resolve(), Path(run_dir).expanduser().resolve()
     if not image_path.is_file():
         raise InputError(f"image {image_path} does not exist or is not a file")
-    weights, train_path = layout.path(run_dir, "weights"), layout.path(run_dir, "train")
+    record, train_path = layout.path(run_dir, "model"), layout.path(run_dir, "train")
     background_path = layout.path(run_dir, "background")
-    for needed in (weights, train_path, background_path):
+    for needed in (record, train_path, background_path):
         if not needed.is_file():
             raise InputError(f"{run_dir} is not a finished run directory: {needed.relative_to(run_dir)} is missing")
 
-    model, config, _ = load_weights(weights)
-    if not isinstance(config, CNNConfig):
-        raise InputError(f"{run_dir} holds a table model (reference MLP); explain-image needs a run on image data")
-    mode = "L" if config.in_channels == 1 else "RGB"
-    image = read_image(image_path, mode)  # (C, 32, 32) in [0, 1], or InputError naming the file
     train = read_split(train_path)
+    if train.modality != "image":
+        raise InputError(f"{run_dir} is a run on table data; explain-image needs a run on image data")
+    model = load_run_model(record)
+    shape = train.inputs.shape[1:]
+    image = read_image(image_path, "L" if shape[0] == 1 else "RGB")  # (C, 32, 32) in [0, 1], or InputError
+    image = resize_images(torch.from_numpy(image[None]), tuple(shape[1:])).clamp(0, 1)[0].numpy()  # the model's size
     background = background_images(background_path)
-    if image.shape != train.inputs.shape[1:]:
-        raise InputError(f"image {image_path} became {image.shape}; the model takes {train.inputs.shape[1:]}")
 
-    prob_model = probabilities(model).eval()
-    x = torch.from_numpy(image[None])
-    with torch.no_grad():
-        probs = prob_model(x)[0].numpy()
-    engine = DeepShapEngine(prob_model, torch.from_numpy(background))
-    values = engine.shap_values(x)[0]  # (K, C, H, W)
-    additivity = float(additivity_errors(values[None], probs[None], engine.expected_value.numpy())[0])
+    probs = model.predict_proba(image[None])[0]
+    expected = model.predict_proba(background).mean(0)
+    engine = stage_engine(model, "fast")
+    values = ENGINES[engine](model, torch.from_numpy(background))(torch.from_numpy(image[None]))[0]  # (K, C, H, W)
+    additivity = float(additivity_errors(values[None], probs[None], expected)[0])
 
     names = train.class_names
     predicted = int(probs.argmax())
@@ -60,7 +55,8 @@ def explain_image(image_path: Path, run_dir: Path, out_dir: Path) -> dict:
     ranked = np.argsort(-probs)[:3]
     context = {
         "image": {"name": image_path.name, "sha256": sha256_file(image_path)},
-        "run": {"id": run_dir.name, "weights_sha256": sha256_file(weights), "background": len(background)},
+        "run": {"id": run_dir.name, "weights_sha256": model.record["sha256"], "background": len(background),
+                "engine": engine},
         "predicted": names[predicted], "probability": float(probs[predicted]),
         "top": [{"name": names[k], "probability": float(probs[k])} for k in ranked],
         "additivity": additivity, "figure": figure.relative_to(target).as_posix(),

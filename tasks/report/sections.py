@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from torch import nn
 
+from tasks.model.run_model import RunModel
 from tasks.report import figures
 from tasks.run import layout
 from tasks.run.formats import Split
@@ -31,7 +31,7 @@ class ReportData:
     validation: Split
     explained: pd.DataFrame  # the SHAP stage's explained rows (deepshap/explained.parquet)
     values: np.ndarray  # their DeepSHAP values, (n, K, *input_shape)
-    model: nn.Module
+    model: RunModel  # the run's model (tasks/model/run_model.py)
 
     @property
     def names(self) -> list[str]:

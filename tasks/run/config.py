@@ -9,6 +9,7 @@ from tasks.data.specs import parse_dataset_spec
 from tasks.run.errors import InputError
 
 SHAP_ENGINES = ("fast", "shap")  # tasks/deepshap/engine.py, or shap.DeepExplainer itself
+OUTPUT_KINDS = ("logits", "probabilities")
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,8 @@ class RunConfig:
     """Everything that decides what a compliance report run computes."""
 
     dataset: str = "digits"  # dataset spec: see tasks/data/specs.py
+    model: Path | None = None  # the user's model file (tasks/model/formats.py); None: train the reference model
+    outputs: str | None = None  # the model's outputs: logits | probabilities; None: detected
     label: str | None = None  # csv/parquet datasets: the column holding the class
     epochs: int = 8  # training epochs
     background: int = 200  # training rows in the SHAP background ("mask")
@@ -44,7 +47,9 @@ class RunConfig:
         if self.shap_engine not in SHAP_ENGINES:
             raise InputError(f"--shap-engine must be one of {', '.join(SHAP_ENGINES)}, got {self.shap_engine!r}")
         parse_dataset_spec(self.dataset, self.label)
-        for name in ("out", "model_card", "compare", "resume"):
+        if self.outputs not in (None, *OUTPUT_KINDS):
+            raise InputError(f"--outputs must be one of {', '.join(OUTPUT_KINDS)}, got {self.outputs!r}")
+        for name in ("out", "model", "model_card", "compare", "resume"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value))
@@ -52,6 +57,6 @@ class RunConfig:
     def to_json(self) -> dict:
         """Plain JSON-able parameters, as recorded in run.json, the manifest and the report."""
         values = asdict(self)
-        for key in ("out", "model_card", "compare", "resume"):
+        for key in ("out", "model", "model_card", "compare", "resume"):
             values[key] = str(values[key]) if values[key] is not None else None
         return values

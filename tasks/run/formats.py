@@ -43,6 +43,7 @@ META_ENGINE = b"accountability.engine"
 META_DEVICE = b"accountability.device"
 META_WORKER = b"accountability.worker"
 META_PLAYERS = b"accountability.players"
+META_SEED = b"accountability.seed"
 
 
 def file_ref(path: Path | str) -> dict:

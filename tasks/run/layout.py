@@ -17,7 +17,12 @@ FILES = {  # key -> path relative to the run directory
     "validation": "data/validation.parquet",
     "metrics": "training/metrics.parquet",
     "metrics_per_class": "training/metrics_per_class.parquet",
-    "weights": "model/model.safetensors",
+    "model": "model/model.json",  # the model record: which file, its hash, outputs, what it allows
+    "weights": "model/model.safetensors",  # the reference model trained here (or supplied as safetensors)
+    "model_pt2": "model/model.pt2",  # a supplied model's copy, by format
+    "model_torchscript": "model/model.torchscript.pt",
+    "model_onnx": "model/model.onnx",
+    "evaluation": "model/evaluation.parquet",  # a supplied model's prediction for every row
     "weight_statistics": "inspect/weights.parquet",
     # The SHAP stage (tasks/deepshap/stage.py)
     "plan": "deepshap/plan.parquet",

@@ -17,16 +17,22 @@ from tasks.run.artifacts import new_run_dir, write_parquet_atomic
 from tasks.run.errors import InputError
 from tasks.run.formats import file_ref, split_table
 from tasks.run.resume import clear_partial_files
+from tasks.steps.supplied import fit_data_to_model
 
 
 def load_data(dataset: str, out: Path, seed: int, val_fraction: float, background: int = 1, explain_rows: int = 1,
-              label: str | None = None, resume: Path | None = None) -> dict:
+              label: str | None = None, resume: Path | None = None, model: Path | None = None,
+              outputs: str | None = None) -> dict:
     """Read `dataset`, create the run directory, write the two splits; return their paths and hashes.
 
     `background` and `explain_rows` are the later steps' needs from the training and validation
-    splits: checked here, so that a run that cannot finish never creates its directory.
+    splits: checked here, so that a run that cannot finish never creates its directory. So is a
+    supplied `model` (tasks/steps/supplied.py): the data is fitted to its input and it is run on all of it.
     """
     data = load_dataset(dataset, label)
+    supplied = None
+    if model is not None:
+        data, supplied = fit_data_to_model(data, Path(model), outputs)
     train_idx, val_idx = _stratified_split(data, seed, val_fraction)
     require_rows("background", background, "training", len(train_idx))
     require_rows("explain", explain_rows, "validation", len(val_idx))
@@ -37,7 +43,7 @@ def load_data(dataset: str, out: Path, seed: int, val_fraction: float, backgroun
         run_dir = new_run_dir(out, dataset.split(":")[0])
     result = {"run_dir": str(run_dir), "dataset": data.name, "class_names": data.class_names,
               "modality": data.modality, "feature_names": data.feature_names,
-              "input_shape": list(data.inputs.shape[1:]), "provenance": data.provenance}
+              "input_shape": list(data.inputs.shape[1:]), "provenance": data.provenance, "model": supplied}
     result["files"], result["class_counts"] = {}, {}
     for split, idx in (("train", train_idx), ("validation", val_idx)):
         table = split_table(data.inputs[idx], data.labels[idx], [data.source_ids[i] for i in idx], data.class_names,

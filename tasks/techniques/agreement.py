@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,7 @@ from tasks.report import figures
 from tasks.report.sections import TOP_TABLE_ROWS, ReportData, file_of
 from tasks.run import layout
 from tasks.run.checks import SECTION_QUALITY, Check
-from tasks.run.formats import read_kernel_shap, read_shap_values, read_split, write_frame
+from tasks.run.formats import META_ENGINE, read_kernel_shap, read_shap_values, read_split, write_frame
 from tasks.techniques.groups import KERNEL_GRID, comparison_groups, image_regions
 
 TOP_K = 5
@@ -72,13 +73,15 @@ def measure_agreement(run_dir: str, files: dict[str, str], seed: int) -> dict:
     explained = pd.read_parquet(files["explained"])
     predicted = dict(zip(explained["position"], explained["predicted"]))
     source_ids = dict(zip(explained["position"], explained["source_id"]))
-    values, _ = read_shap_values(files["shap_values"])  # (n, K, *shape)
-    attributions = {"DeepSHAP": {p: groups.aggregate(values[p, predicted[p]]) for p in predicted}}
+    values, meta = read_shap_values(files["shap_values"])  # (n, K, *shape)
+    stage = "DeepSHAP" if meta.get(META_ENGINE.decode()) != "kernel" else "Kernel SHAP (SHAP stage)"
+    attributions = {stage: {p: groups.aggregate(values[p, predicted[p]]) for p in predicted}}
 
-    grads = pq.read_table(files["gradients"]).to_pandas()
-    attributions["Integrated Gradients"] = {
-        p: groups.aggregate(np.asarray(v).reshape(shape))
-        for p, v in zip(grads["position"], grads["integrated_gradients"])}
+    if Path(files["gradients"]).exists():  # not for a model without a torch graph
+        grads = pq.read_table(files["gradients"]).to_pandas()
+        attributions["Integrated Gradients"] = {
+            p: groups.aggregate(np.asarray(v).reshape(shape))
+            for p, v in zip(grads["position"], grads["integrated_gradients"])}
     lime_rows = pq.read_table(files["lime"]).to_pandas()
     attributions["LIME"] = {p: groups.aggregate(np.asarray(v).reshape(shape))
                             for p, v in zip(lime_rows["position"], lime_rows["values"])}

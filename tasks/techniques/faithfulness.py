@@ -21,7 +21,7 @@ Files (in ``quality/``): ``randomisation.parquet`` (step, layer, position, spear
 
 from __future__ import annotations
 
-import copy
+import math
 from typing import Callable
 
 import numpy as np
@@ -31,8 +31,7 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from tasks.deepshap.stage import ENGINES, select_background
-from tasks.model.predict import predict_proba, probabilities
-from tasks.model.reference import load_weights
+from tasks.model.run_model import RunModel, load_run_model
 from tasks.report import figures
 from tasks.report.sections import ReportData, file_of
 from tasks.run import layout
@@ -51,36 +50,53 @@ STEPS = 16  # deletion / insertion steps
 RANDOM_ORDERS = 3
 TOP_K = 5
 
-Explainer = Callable[[nn.Module, np.ndarray, np.ndarray], np.ndarray]  # (model, rows, targets) -> (n, *input)
+Explainer = Callable[[RunModel, np.ndarray, np.ndarray], np.ndarray]  # (model, rows, targets) -> (n, *input)
 
 
 def deep_shap_explainer(background: np.ndarray, engine: str = "fast") -> Explainer:
-    """DeepSHAP of the target class of a (logits) model's probabilities, against `background`."""
-    def explain(model: nn.Module, rows: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        explain_fn = ENGINES[engine](probabilities(model).eval(), torch.from_numpy(background))
+    """DeepSHAP of the target class of a model's probabilities, against `background`."""
+    def explain(model: RunModel, rows: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        explain_fn = ENGINES[engine](model, torch.from_numpy(background))
         values = explain_fn(torch.from_numpy(rows))  # (n, K, *input)
         return values[np.arange(len(rows)), targets]
     return explain
 
 
-def trained_layers(model: nn.Module) -> list[str]:
-    """Names of the convolution and linear layers with trainable weights, input to output."""
-    return [name for name, m in model.named_modules()
+def trained_layers(model: RunModel) -> list[str]:
+    """The weight tensors randomised, input to output: of the reference model its trainable convolution and
+    linear layers' weights; of a supplied model every weight matrix or kernel."""
+    if model.record["source"] != "trained":
+        return [name for name, value in model.weight_tensors().items()
+                if value.ndim >= 2 and np.issubdtype(value.dtype, np.floating)]
+    return [f"{name}.weight" for name, m in model.file.module.named_modules()
             if isinstance(m, (nn.Conv2d, nn.Linear)) and m.weight.requires_grad]
 
 
-def cascading_randomisation(model: nn.Module, explain: Explainer, rows: np.ndarray, targets: np.ndarray,
+def reinitialised(name: str, parameters: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """A fresh draw of the weight `name` and of its layer's bias, as PyTorch initialises convolution and linear
+    layers (Kaiming-uniform weights, bias uniform in +-1/sqrt(fan_in)), from torch's global generator."""
+    weight = torch.empty(parameters[name].shape)
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+    fresh = {name: weight}
+    bias = name.removesuffix("weight") + "bias"
+    if name.endswith("weight") and bias in parameters:
+        bound = 1 / math.sqrt(weight[0].numel()) if weight[0].numel() else 0.0
+        fresh[bias] = torch.empty(parameters[bias].shape).uniform_(-bound, bound)
+    return fresh
+
+
+def cascading_randomisation(model: RunModel, explain: Explainer, rows: np.ndarray, targets: np.ndarray,
                             seed: int, advance: Callable = lambda: None) -> pd.DataFrame:
     """Spearman of the maps of the trained model and of copies with the top 1, 2, ... layers re-initialised."""
     reference = explain(model, rows, targets).reshape(len(rows), -1)
-    randomised = copy.deepcopy(model)
+    replaced: dict[str, torch.Tensor] = {}
     records = []
     for step, name in enumerate(reversed(trained_layers(model)), start=1):
         torch.manual_seed(seed + step)
-        randomised.get_submodule(name).reset_parameters()
-        maps = explain(randomised, rows, targets).reshape(len(rows), -1)
+        replaced.update(reinitialised(name, model.weight_tensors()))
+        maps = explain(model.with_weights(replaced), rows, targets).reshape(len(rows), -1)
         for i in range(len(rows)):
-            records.append({"step": step, "layer": name, "position": i,
+            records.append({"step": step, "layer": name.removesuffix(".weight"), "position": i,
                             "spearman": _spearman(reference[i], maps[i]),
                             "spearman_abs": rank_agreement(reference[i], maps[i])[0]})
         advance()
@@ -135,7 +151,7 @@ def curve_areas(curves: pd.DataFrame) -> pd.DataFrame:
 
 def check_faithfulness(run_dir: str, files: dict[str, str], seed: int, engine: str = "fast") -> dict:
     """Randomisation, deletion/insertion (images) and stability checks for the first MAX_ROWS explained rows."""
-    model, _, _ = load_weights(files["weights"])
+    model = load_run_model(files["model"])
     train, val = read_split(files["train"]), read_split(files["validation"])
     explained = pd.read_parquet(files["explained"]).head(MAX_ROWS)
     rows = val.rows_of(explained["source_id"])
@@ -162,7 +178,7 @@ def check_faithfulness(run_dir: str, files: dict[str, str], seed: int, engine: s
               "n_layers": len(layers), "randomisation_rows": min(RANDOMISATION_ROWS, len(rows))}
 
     if val.modality == "image":
-        curves = deletion_insertion(lambda x: predict_proba(model, x), rows, run_maps, targets,
+        curves = deletion_insertion(lambda x: model.predict_proba(x), rows, run_maps, targets,
                                     background.mean(0), seed)
         areas = curve_areas(curves)
         written["deletion_insertion"] = write_frame(layout.path(run_dir, "deletion_insertion"), curves)

@@ -15,8 +15,7 @@ import pyarrow.parquet as pq
 import torch
 from captum.attr import IntegratedGradients, Saliency
 
-from tasks.model.predict import probabilities
-from tasks.model.reference import load_weights
+from tasks.model.run_model import load_run_model
 from tasks.report import figures
 from tasks.report.narrative import row_labels
 from tasks.report.sections import MAX_MAP_ROWS, ReportData, file_of
@@ -45,8 +44,8 @@ def saliency(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor
 
 def gradient_attributions(run_dir: str, files: dict[str, str], seed: int, ig_steps: int = IG_STEPS) -> dict:
     """Saliency and IG of the predicted class for the rows the SHAP stage chose; write Parquet; check completeness."""
-    model, _, _ = load_weights(files["weights"])
-    prob_model = probabilities(model).eval()
+    model = load_run_model(files["model"])
+    prob_model = model.probability_module()
     val = read_split(files["validation"])
     explained = pq.read_table(files["explained"]).to_pandas()
     baseline = torch.from_numpy(background_images(files["background"]).mean(0))

@@ -20,8 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.model.predict import predict_proba
-from tasks.model.reference import load_weights
+from tasks.model.run_model import load_run_model
 from tasks.report import figures
 from tasks.report.narrative import row_labels
 from tasks.report.sections import ReportData, file_of, rows_at
@@ -78,14 +77,14 @@ def kernel_shap_patches(predict: Callable[[np.ndarray], np.ndarray], images: np.
 
 def explain_kernel_shap(run_dir: str, files: dict[str, str], seed: int) -> dict:
     """Kernel SHAP for the first MAX_ROWS rows the SHAP stage chose; write Parquet; check additivity."""
-    model, _, _ = load_weights(files["weights"])
+    model = load_run_model(files["model"])
     val = read_split(files["validation"])
     explained = pq.read_table(files["explained"]).to_pandas().head(MAX_ROWS[val.modality])
     rows = val.rows_of(explained["source_id"])
     background = background_images(files["background"])
 
     def predict(x: np.ndarray) -> np.ndarray:
-        return predict_proba(model, x)
+        return model.predict_proba(x)
 
     with warnings.catch_warnings(), progress_bar("Kernel SHAP", total=len(rows)) as advance:
         warnings.simplefilter("ignore")  # shap warns about background sizes it does not summarise

@@ -20,8 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.model.predict import predict_proba
-from tasks.model.reference import load_weights
+from tasks.model.run_model import load_run_model
 from tasks.report import figures
 from tasks.report.narrative import row_labels
 from tasks.report.sections import MAX_MAP_ROWS, ReportData, file_of, rows_at
@@ -91,14 +90,14 @@ def lime_images(predict: Callable, images: np.ndarray, targets: np.ndarray, seed
 
 def explain_lime(run_dir: str, files: dict[str, str], seed: int) -> dict:
     """LIME for every row the SHAP stage chose, for its predicted class; write Parquet."""
-    model, _, _ = load_weights(files["weights"])
+    model = load_run_model(files["model"])
     train, val = read_split(files["train"]), read_split(files["validation"])
     explained = pq.read_table(files["explained"]).to_pandas()
     rows = val.rows_of(explained["source_id"])
     targets = explained["predicted"].to_numpy()
 
     def predict(x: np.ndarray) -> np.ndarray:
-        return predict_proba(model, x)
+        return model.predict_proba(x)
 
     with warnings.catch_warnings(), progress_bar("LIME", total=len(rows)) as advance:
         warnings.simplefilter("ignore")

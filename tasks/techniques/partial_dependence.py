@@ -10,14 +10,14 @@ For two classes only the second (the "positive" class) is stored, as scikit-lear
 from __future__ import annotations
 
 
+from typing import Callable
+
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.inspection import partial_dependence
-from torch import nn
 
-from tasks.model.predict import predict_proba
-from tasks.model.reference import load_weights
+from tasks.model.run_model import load_run_model
 from tasks.report import figures
 from tasks.report.sections import ReportData, file_of
 from tasks.run import layout
@@ -27,12 +27,15 @@ TOP_FEATURES = 4  # features with the largest permutation importance get a PDP
 GRID_POINTS = 20
 
 
-class TorchClassifier(ClassifierMixin, BaseEstimator):
-    """A trained torch model seen as a fitted scikit-learn classifier (predict_proba only)."""
+class FittedClassifier(ClassifierMixin, BaseEstimator):
+    """A model's probability function seen as a fitted scikit-learn classifier (predict_proba only)."""
 
-    def __init__(self, model: nn.Module | None = None, n_classes: int = 2):
-        self.model = model
+    def __init__(self, predict: Callable[[np.ndarray], np.ndarray] | None = None, n_classes: int = 2):
+        self.predict_fn = predict
         self.n_classes = n_classes
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {"predict": self.predict_fn, "n_classes": self.n_classes}
 
     def fit(self, X, y=None):  # already trained; present because scikit-learn's API expects it
         return self
@@ -45,15 +48,16 @@ class TorchClassifier(ClassifierMixin, BaseEstimator):
         return np.arange(self.n_classes)
 
     def predict_proba(self, X) -> np.ndarray:
-        return predict_proba(self.model, np.asarray(X, dtype=np.float32))
+        return self.predict_fn(np.asarray(X, dtype=np.float32))
 
     def predict(self, X) -> np.ndarray:
         return self.predict_proba(X).argmax(1)
 
 
-def pd_curves(model: nn.Module, n_classes: int, inputs: np.ndarray, feature: int) -> pd.DataFrame:
-    """PDP and ICE rows (see the module docstring) for one feature column."""
-    result = partial_dependence(TorchClassifier(model, n_classes), inputs, [feature], kind="both",
+def pd_curves(predict: Callable[[np.ndarray], np.ndarray], n_classes: int, inputs: np.ndarray,
+              feature: int) -> pd.DataFrame:
+    """PDP and ICE rows (see the module docstring) for one feature column of a probability function."""
+    result = partial_dependence(FittedClassifier(predict, n_classes), inputs, [feature], kind="both",
                                 grid_resolution=GRID_POINTS, response_method="predict_proba", method="brute")
     grid = result["grid_values"][0]
     classes = [1] if n_classes == 2 else list(range(n_classes))
@@ -69,13 +73,13 @@ def pd_curves(model: nn.Module, n_classes: int, inputs: np.ndarray, feature: int
 
 def compute_partial_dependence(run_dir: str, files: dict[str, str], seed: int) -> dict:
     """PDP + ICE for the TOP_FEATURES most important features (permutation importance) of a table model."""
-    model, _, _ = load_weights(files["weights"])
+    model = load_run_model(files["model"])
     val = read_split(files["validation"])
     importance = pd.read_parquet(files["permutation_importance"])
     top = importance.sort_values("importance_mean", ascending=False)["name"].head(TOP_FEATURES).tolist()
     frames = []
     for name in top:
-        curves = pd_curves(model, len(val.class_names), val.inputs, val.feature_names.index(name))
+        curves = pd_curves(model.predict_proba, len(val.class_names), val.inputs, val.feature_names.index(name))
         curves.insert(0, "feature", name)
         frames.append(curves)
     table = pd.concat(frames, ignore_index=True)

@@ -15,8 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from tasks.model.predict import predict_proba
-from tasks.model.reference import load_weights
+from tasks.model.run_model import load_run_model
 from tasks.report import figures
 from tasks.report.sections import TOP_TABLE_ROWS, ReportData, file_of
 from tasks.run import layout
@@ -57,7 +56,7 @@ def grouped_permutation_importance(predict: Callable[[np.ndarray], np.ndarray], 
 
 def compute_permutation_importance(run_dir: str, files: dict[str, str], seed: int) -> dict:
     """Permutation importance on the validation split: per feature (tables), per region and channel (images)."""
-    model, _, _ = load_weights(files["weights"])
+    model = load_run_model(files["model"])
     val = read_split(files["validation"])
     rows = np.arange(len(val.labels))
     if len(rows) > MAX_ROWS[val.modality]:
@@ -70,7 +69,7 @@ def compute_permutation_importance(run_dir: str, files: dict[str, str], seed: in
         group_sets = [("region", image_regions(shape, REGION_GRID)), ("channel", image_channels(shape))]
     repeats = REPEATS[val.modality]
     with progress_bar("permutation importance", total=sum(len(g.names) for _, g in group_sets)) as advance:
-        tables = [grouped_permutation_importance(lambda x: predict_proba(model, x), inputs, labels, groups,
+        tables = [grouped_permutation_importance(lambda x: model.predict_proba(x), inputs, labels, groups,
                                                  repeats, seed, kind, advance) for kind, groups in group_sets]
     table = pd.concat(tables, ignore_index=True)
     written = write_frame(layout.path(run_dir, "permutation_importance"), table)

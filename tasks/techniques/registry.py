@@ -35,7 +35,7 @@ PLACES = {  # where in the report a technique's section goes
     "local": "4. Explanations: individual decisions, after DeepSHAP",
     "quality": "4. Explanations: their quality, after the table of checks",
 }
-CORE_FILES = ("run_record", "train", "validation", "metrics", "metrics_per_class", "weights", "plan", "background",
+CORE_FILES = ("run_record", "train", "validation", "metrics", "metrics_per_class", "model", "plan", "background",
               "predictions", "shap_values", "explained")  # written by load, train and the SHAP stage
 
 
@@ -51,33 +51,34 @@ class Technique:
     writes: tuple[str, ...] = ()  # layout keys of the files the step writes
     modalities: tuple[str, ...] = MODALITIES  # the data kinds it applies to
     tags: tuple[str, ...] = ()  # Prefect task tags ("gpu": run it where the SHAP stage runs)
+    requires: tuple[str, ...] = ()  # what the model must allow: keys of tasks.model.run_model.CAPABILITIES
 
 
 TECHNIQUES: tuple[Technique, ...] = (
     Technique("weights", "Weights and biases", inspect_weights, weights_section, "weights.html.j2",
-              "design", reads=("weights",), writes=("weight_statistics",)),
+              "design", reads=("model",), writes=("weight_statistics",)),
     Technique("slices", "Sliced analysis", analyse_slices, slices_section, "slices.html.j2", "performance",
-              reads=("weights", "validation", "permutation_importance"), writes=("slices",)),
+              reads=("model", "validation", "permutation_importance"), writes=("slices",)),
     Technique("permutation-importance", "Permutation feature importance", compute_permutation_importance,
-              permutation_section, "permutation.html.j2", "global", reads=("weights", "validation"),
+              permutation_section, "permutation.html.j2", "global", reads=("model", "validation"),
               writes=("permutation_importance",)),
     Technique("global-shap", "Global SHAP importance", None, global_shap_section, "global_shap.html.j2",
               "global", reads=("shap_values", "validation")),
     Technique("partial-dependence", "Partial dependence and ICE", compute_partial_dependence,
               partial_dependence_section, "partial_dependence.html.j2", "global",
-              reads=("weights", "validation", "permutation_importance"), writes=("partial_dependence",),
+              reads=("model", "validation", "permutation_importance"), writes=("partial_dependence",),
               modalities=("table",)),
     Technique("gradients", "Saliency and Integrated Gradients", gradient_attributions, gradient_section,
-              "gradients.html.j2", "local", reads=("weights", "validation", "explained", "background"),
-              writes=("gradients",)),
+              "gradients.html.j2", "local", reads=("model", "validation", "explained", "background"),
+              writes=("gradients",), requires=("torch_graph",)),
     Technique("kernel-shap", "Kernel SHAP", explain_kernel_shap, kernel_shap_section, "kernel_shap.html.j2",
-              "local", reads=("weights", "validation", "explained", "background"), writes=("kernel_shap",)),
+              "local", reads=("model", "validation", "explained", "background"), writes=("kernel_shap",)),
     Technique("lime", "LIME", explain_lime, lime_section, "lime.html.j2", "local",
-              reads=("weights", "train", "validation", "explained"), writes=("lime",)),
+              reads=("model", "train", "validation", "explained"), writes=("lime",)),
     Technique("faithfulness", "Faithfulness: randomisation, deletion and insertion, stability", check_faithfulness,
               faithfulness_section, "faithfulness.html.j2", "quality",
-              reads=("weights", "train", "validation", "explained", "shap_values", "background"),
-              writes=("randomisation", "deletion_insertion", "stability"), tags=("gpu",)),
+              reads=("model", "train", "validation", "explained", "shap_values", "background"),
+              writes=("randomisation", "deletion_insertion", "stability"), tags=("gpu",), requires=("deepshap",)),
     Technique("method-agreement", "Method agreement", measure_agreement, agreement_section,
               "agreement.html.j2", "quality",
               reads=("validation", "explained", "shap_values", "gradients", "lime", "kernel_shap",
@@ -88,6 +89,17 @@ TECHNIQUES: tuple[Technique, ...] = (
 def applicable(modality: str) -> list[Technique]:
     """The registry's techniques that apply to data of this kind, in report order."""
     return [t for t in TECHNIQUES if modality in t.modalities]
+
+
+def unavailable(technique: Technique, capabilities: dict[str, str | None]) -> str | None:
+    """Why the run's model cannot give `technique` what it requires (the model record's capabilities), or None."""
+    reasons = [capabilities[name] for name in technique.requires if capabilities.get(name)]
+    return reasons[0] if reasons else None
+
+
+def model_result(results: dict) -> dict:
+    """The result of the step that produced the model: "train" (the reference model) or "model" (supplied)."""
+    return results["train"] if "train" in results else results["model"]
 
 
 def run_order(techniques) -> list[Technique]:

@@ -14,8 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tasks.model.predict import predict_proba
-from tasks.model.reference import load_weights
+from tasks.model.run_model import load_run_model
 from tasks.report import figures
 from tasks.report.sections import ReportData, file_of
 from tasks.run import layout
@@ -51,9 +50,9 @@ def interval_labels(bins: pd.Series) -> pd.Series:
 
 def analyse_slices(run_dir: str, files: dict[str, str], seed: int) -> dict:
     """Slice the validation split by class, confidence and (tables) the top features' quartiles."""
-    model, _, _ = load_weights(files["weights"])
+    model = load_run_model(files["model"])
     val = read_split(files["validation"])
-    probs = predict_proba(model, val.inputs)
+    probs = model.predict_proba(val.inputs)
     correct = probs.argmax(1) == val.labels
     confidence = probs.max(1)
     slicings = {

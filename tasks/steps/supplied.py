@@ -1,0 +1,168 @@
+"""The model step for a model the user supplied (``--model FILE``): nothing is trained.
+
+Before the run directory exists (`fit_data_to_model`, called by the load step), the data is fitted
+to the model's input signature and the model is run on all of it: a model that cannot take the data,
+returns something other than (batch, classes) or returns NaN or infinity is refused in one line.
+
+The step itself (`supplied_model`) copies the file into the run directory, writes the model record
+(tasks/model/run_model.py) with what the model allows, and measures it on all the data: the
+metrics files have one row per split (``train``: the rows the SHAP background and other
+baselines come from, ``validation``: the rows explained, ``all``) at epoch 0, and
+``model/evaluation.parquet`` holds every row's prediction (source_id, split, label, predicted).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tasks.data.dataset import Dataset
+from tasks.data.images import resize_images
+from tasks.deepshap.engine import model_engine
+from tasks.deepshap.graph import UnsupportedModelError
+from tasks.model.run_model import RunModel, detect_outputs, write_record
+from tasks.model.supplied import ModelFile, check_conversion, open_model
+from tasks.run import layout
+from tasks.run.artifacts import atomic_path, sha256_file
+from tasks.run.errors import InputError
+from tasks.run.formats import file_ref, read_split, write_frame
+from tasks.steps.train import classification_metrics
+
+MODEL_FILES = {"torch.export": "model_pt2", "torchscript": "model_torchscript", "onnx": "model_onnx",
+               "safetensors": "weights"}  # format -> the layout key of its copy in the run directory
+LUMINANCE = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # RGB -> gray (ITU-R BT.601)
+
+
+def fit_data_to_model(data: Dataset, path: Path, outputs: str | None) -> tuple[Dataset, dict]:
+    """The dataset in the model's input shape, and facts about the model on it; InputError for what cannot work."""
+    model = open_model(path)
+    notes = []
+    if data.modality == "image":
+        data.inputs, notes = _fit_images(data.inputs, model.input_shape, path)
+    elif model.input_shape and model.input_shape[0] not in (None, data.inputs.shape[1]):
+        raise InputError(f"--model {path} takes {model.input_shape[0]} features; dataset {data.name} has "
+                         f"{data.inputs.shape[1]} ({', '.join(data.feature_names[:5])}"
+                         f"{', ...' if data.inputs.shape[1] > 5 else ''})")
+    try:
+        raw = model.run(data.inputs)
+    except Exception as exc:  # noqa: BLE001 - the model's own error says what it expected
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise InputError(f"--model {path} cannot take inputs of shape {tuple(data.inputs.shape[1:])}: "
+                         f"{first}") from None
+    n_classes = len(data.class_names)
+    if raw.ndim != 2 or len(raw) != len(data.inputs):
+        raise InputError(f"--model {path} returns outputs of shape {tuple(raw.shape)}; the pipeline needs "
+                         f"(batch, classes) = ({len(data.inputs)}, {n_classes})")
+    if raw.shape[1] != n_classes:
+        raise InputError(f"--model {path} has {raw.shape[1]} outputs; dataset {data.name} has {n_classes} classes "
+                         f"({', '.join(data.class_names[:5])}{', ...' if n_classes > 5 else ''})")
+    if not np.isfinite(raw).all():
+        bad = int((~np.isfinite(raw)).any(1).sum())
+        raise InputError(f"--model {path} returns NaN or infinite outputs on {bad} of {len(raw)} rows of "
+                         f"dataset {data.name}")
+    kind = detect_outputs(raw, outputs, path)
+    if notes:
+        data.provenance = {**data.provenance, "fitted to the model": "; ".join(notes)}
+    return data, {"format": model.format, "outputs": kind, "outputs_declared": outputs is not None}
+
+
+def _fit_images(images: np.ndarray, shape: list, path: Path) -> tuple[np.ndarray, list[str]]:
+    """Images converted to the model's channel count and resized to its height and width (where it fixes them)."""
+    if len(shape) != 3:
+        raise InputError(f"--model {path} takes inputs of shape {_shape(shape)}; the dataset holds images "
+                         f"(channels, height, width)")
+    notes = []
+    channels, height, width = shape
+    if channels not in (None, images.shape[1]):
+        if channels == 3 and images.shape[1] == 1:
+            images, note = np.repeat(images, 3, axis=1), "grayscale images repeated over 3 channels"
+        elif channels == 1 and images.shape[1] == 3:
+            images = np.tensordot(images, LUMINANCE, axes=([1], [0]))[:, None].astype(np.float32)
+            note = "RGB images converted to grayscale (ITU-R BT.601 luminance)"
+        else:
+            raise InputError(f"--model {path} takes {channels}-channel images; the dataset's have {images.shape[1]}")
+        notes.append(note)
+    size = (height or images.shape[2], width or images.shape[3])
+    if size != images.shape[2:]:
+        images = resize_images(torch.from_numpy(np.ascontiguousarray(images)), size).clamp_(0, 1).numpy()
+        notes.append(f"resized to {size[0]}x{size[1]} (bilinear, antialiased), the model's input size")
+    return np.ascontiguousarray(images, dtype=np.float32), notes
+
+
+def _shape(shape: list) -> str:
+    return "(batch, " + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+
+
+def supplied_model(model_path: str, train_path: str, validation_path: str, run_dir: str, outputs: str,
+                   outputs_declared: bool = False) -> dict:
+    """Copy the model into the run, record what it allows, and measure it on all the data."""
+    run_dir, source = Path(run_dir), Path(model_path)
+    model = open_model(source)
+    copy = layout.path(run_dir, MODEL_FILES[model.format])
+    with atomic_path(copy) as tmp:
+        shutil.copyfile(source, tmp)
+    train, val = read_split(train_path), read_split(validation_path)
+    record = {"source": "supplied", "format": model.format, "file": layout.FILES[MODEL_FILES[model.format]],
+              "original_path": str(source), "sha256": sha256_file(copy), "size_bytes": copy.stat().st_size,
+              "outputs": outputs, "outputs_declared": outputs_declared, "input_shape": list(train.inputs.shape[1:]), "n_outputs": len(train.class_names),
+              "producer": model.producer, "input_name": model.input_name,
+              "parameters": int(sum(v.size for v in model.parameters.values())),
+              "operations": model.operations}
+    every = np.concatenate([train.inputs, val.inputs])
+    if model.format == "onnx":
+        record["conversion"] = check_conversion(model, every)
+    record["capabilities"] = capabilities(model, train.inputs[:2], outputs)
+    record["graph"] = model.graph_note
+    write_record(layout.path(run_dir, "model"), record)
+
+    probabilities = {}
+    run_model = RunModel(model, record)
+    rows, class_rows, evaluation = [], [], []
+    for split, part in (("train", train), ("validation", val)):
+        probabilities[split] = run_model.predict_proba(part.inputs)
+        evaluation.append(pd.DataFrame({"source_id": part.source_ids, "split": split, "label": part.labels,
+                                        "predicted": probabilities[split].argmax(1)}))
+    everything = pd.concat(evaluation, ignore_index=True)
+    for split, frame in (("train", evaluation[0]), ("validation", evaluation[1]), ("all", everything)):
+        metrics = classification_metrics(frame["label"].to_numpy(), frame["predicted"].to_numpy(),
+                                         len(train.class_names))
+        per_class = metrics.pop("per_class")
+        labels = frame["label"].to_numpy()
+        probs = (probabilities[split] if split != "all"
+                 else np.concatenate([probabilities["train"], probabilities["validation"]]))
+        loss = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
+        rows.append({"epoch": 0, "split": split, "loss": loss, **metrics})
+        for k, name in enumerate(train.class_names):
+            class_rows.append({"epoch": 0, "split": split, "class_index": k, "class_name": name,
+                               **{key: float(per_class[key][k]) for key in ("precision", "recall", "f1")},
+                               "support": int(per_class["support"][k])})
+    files = {"model": file_ref(layout.path(run_dir, "model")), "supplied_model": file_ref(copy),
+             "metrics": write_frame(layout.path(run_dir, "metrics"), pd.DataFrame(rows)),
+             "metrics_per_class": write_frame(layout.path(run_dir, "metrics_per_class"), pd.DataFrame(class_rows)),
+             "evaluation": write_frame(layout.path(run_dir, "evaluation"), everything)}
+    final = {k: v for k, v in rows[-1].items() if k not in ("epoch", "split")}
+    return {"files": files, "supplied": True, "format": model.format, "final_validation": final,
+            "n_rows": len(everything), "capabilities": record["capabilities"]}
+
+
+def capabilities(model: ModelFile, example: np.ndarray, outputs: str) -> dict[str, str | None]:
+    """Per capability of tasks/model/run_model.py: None where the model has it, else the reason why not."""
+
+    if model.module is None:
+        reason = f"no torch graph: {model.graph_note}" if model.graph_note else "no torch graph"
+        return {"torch_graph": reason, "deepshap": reason}
+    found: dict[str, str | None] = {"torch_graph": None}
+    try:
+        model_engine(RunModel(model, {"outputs": outputs}), torch.from_numpy(example))
+        found["deepshap"] = None
+    except UnsupportedModelError as exc:
+        found["deepshap"] = f"the graph has an operation without an exact rule: {exc}"
+    except Exception as exc:  # noqa: BLE001 - torch.export's converters fail in many ways
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        found["deepshap"] = f"the graph cannot be read for DeepSHAP: {first}"
+    return found
+
