@@ -28,8 +28,8 @@ def trained_cnn(tmp_path_factory):
 
 
 def stage_inputs(trained: Path, run_dir: Path) -> str:
-    """A run directory holding what the SHAP stage reads (the splits and the weights) of the trained run."""
-    for key in ("train", "validation", "weights"):
+    """A run directory holding what the SHAP stage reads (the splits, the weights and the model record) of the trained run."""
+    for key in ("train", "validation", "weights", "model"):
         layout.path(run_dir, key).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(layout.path(trained, key), layout.path(run_dir, key))
     return str(run_dir)
@@ -83,7 +83,7 @@ def test_merge_refuses_shards_that_do_not_cover_the_plan(trained_cnn, tmp_path):
     from tasks.deepshap.stage import explain_shard, merge_shards, plan_explanation, restoring_torch_threads
 
     stage_inputs(trained_cnn, tmp_path)
-    weights = str(layout.path(tmp_path, "weights"))
+    weights = str(layout.path(tmp_path, "model"))
     planned = plan_explanation(weights, layout.path(tmp_path, "train"), layout.path(tmp_path, "validation"), tmp_path,
                                background=12, rows=7, seed=0, shard_size=3)
     assert planned["shards"] == [[0, 3], [3, 6], [6, 7]]

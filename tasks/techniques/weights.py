@@ -13,6 +13,7 @@ from tasks.run import layout
 from tasks.run.formats import write_frame
 
 NEAR_ZERO = 1e-3  # |w| below this counts as near zero
+MAX_ROWS_SHOWN = 60  # tensors listed in the report; the Parquet file has them all
 
 
 def weight_statistics(parameters: dict[str, np.ndarray], modules: dict[str, str] | None = None) -> pd.DataFrame:
@@ -52,9 +53,11 @@ def weights_section(data: ReportData, result: dict) -> dict:
     """Every parameter tensor's statistics, weight histograms, and (CNN) the first layer's filters."""
     table = pd.read_parquet(file_of(result, "weight_statistics"))
     layers = {name: data.model.file.parameters[name] for name in data.model.layer_weights()}
-    histograms = figures.weight_histograms(layers, data.figure("weight_histograms.png"))
+    histograms = figures.weight_histograms(layers, data.figure("weight_histograms.png")) if layers else None
     kernels = [value for value in layers.values() if value.ndim == 4]
     filters = (figures.first_conv_filters(kernels[0], data.figure("first_conv_filters.png"))
                if data.modality == "image" and kernels else None)
-    return {"table": table.to_dict("records"), "near_zero": result["near_zero"], "histograms": data.rel(histograms),
+    return {"table": table.head(MAX_ROWS_SHOWN).to_dict("records"), "more": max(0, len(table) - MAX_ROWS_SHOWN),
+            "near_zero": result["near_zero"],
+            "histograms": data.rel(histograms) if histograms else None,
             "filters": data.rel(filters) if filters else None}

@@ -1,0 +1,272 @@
+"""Validating a model the user supplies (--model FILE): every accepted format, made here with random weights."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pypdf import PdfReader
+from torch import nn
+
+from tasks.data.sources import load_dataset
+from tasks.deepshap.agnostic import kernel_engine
+from tasks.deepshap.engine import model_engine
+from tasks.model.formats import detect_format
+from tasks.model.run_model import RunModel, load_run_model
+from tasks.model.supplied import check_conversion, open_model
+from tasks.run import layout
+from tasks.run.errors import InputError
+from tasks.steps.load import load_data
+from tasks.steps.supplied import capabilities, fit_data_to_model
+from tests.conftest import run_report, write_cifar10
+
+
+def export(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
+    program = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
+    torch.export.save(program, str(path))
+    return path
+
+
+def mlp(features: int, classes: int, seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(features, 16), nn.Tanh(), nn.Linear(16, classes)).eval()
+
+
+def onnx_export(model: nn.Module, example: torch.Tensor, path: Path, **options) -> Path:
+    torch.onnx.export(model, (example,), str(path), dynamo=False, input_names=["x"], output_names=["scores"],
+                      dynamic_axes={"x": {0: "n"}, "scores": {0: "n"}}, **options)
+    return path
+
+
+class FunctionalCNN(nn.Module):
+    """Activations as functions, not modules: what TorchScript users write."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 8, 3, stride=2)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.nn.functional.relu(self.conv1(x))
+        x = torch.nn.functional.max_pool2d(x, 2)
+        x = torch.sigmoid(self.conv2(x))
+        return self.head(x.mean((2, 3)))
+
+
+# -- formats ---------------------------------------------------------------------------------------
+
+def test_the_format_is_read_from_the_content_not_the_name(tmp_path):
+    torch.manual_seed(0)
+    model = mlp(4, 3)
+    disguised = export(model, torch.rand(2, 4), tmp_path / "model.onnx")  # a torch.export archive, misnamed
+    assert detect_format(disguised) == "torch.export"
+    script = tmp_path / "model.pt2"
+    torch.jit.save(torch.jit.script(model), str(script))
+    assert detect_format(script) == "torchscript"
+    assert detect_format(onnx_export(model, torch.rand(2, 4), tmp_path / "m.bin")) == "onnx"
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: torch.save(mlp(4, 3), p), "is a Python pickle .* torch.export.save"),
+    (lambda p: torch.save(mlp(4, 3).state_dict(), p), "is a Python pickle"),
+    (lambda p: p.write_bytes(b"\x80\x04\x95" + bytes(20)), "is a Python pickle"),
+    (lambda p: p.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(20)), "HDF5 .* tf2onnx"),
+    (lambda p: p.write_bytes(b"GIF89a not a model at all"), "unknown model format"),
+    (lambda p: p.write_bytes(b""), "the file is empty"),
+])
+def test_files_that_are_not_models_are_refused_naming_the_file(tmp_path, make, message):
+    path = tmp_path / "model.pt"
+    make(path)
+    with pytest.raises(InputError, match=message) as caught:
+        detect_format(path)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_truncated_archive_is_refused(tmp_path):
+    whole = export(mlp(4, 3), torch.rand(2, 4), tmp_path / "whole.pt2").read_bytes()
+    cut = tmp_path / "cut.pt2"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(InputError, match=f"{cut}: (a damaged or truncated archive|cannot load)"):
+        open_model(cut)
+
+
+# -- fitting the data to the model -----------------------------------------------------------------
+
+def test_images_are_fitted_to_the_models_input_size_and_channels(tmp_path):
+    torch.manual_seed(0)
+    gray = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.LazyLinear(10))
+    gray(torch.rand(1, 1, 20, 20))
+    path = tmp_path / "gray20.pt2"
+    torch.export.save(torch.export.export(gray.eval(), (torch.rand(2, 1, 20, 20),)), str(path))  # fixed batch 2
+    data = load_dataset(f"cifar10:{write_cifar10(tmp_path / 'c', per_batch=20)}")  # RGB 32x32
+    fitted, facts = fit_data_to_model(data, path, None)
+    assert fitted.inputs.shape[1:] == (1, 20, 20) and facts["outputs"] == "logits"
+    assert "grayscale" in fitted.provenance["fitted to the model"] and "20x20" in fitted.provenance["fitted to the model"]
+    model = open_model(path)
+    assert model.static_batch == 2 and model.run(fitted.inputs[:5]).shape == (5, 10)  # padded to its batch size
+
+
+@pytest.mark.parametrize("model, message", [
+    (mlp(5, 2), "takes 5 features; dataset breast-cancer has 30"),
+    (mlp(30, 3), "has 3 outputs; dataset breast-cancer has 2 classes"),
+    (nn.Sequential(mlp(30, 2), nn.Threshold(1e9, float("nan"))), "returns NaN or infinite outputs on 569 of 569 rows"),
+    (nn.Sequential(nn.Linear(30, 2), nn.Flatten(0)), r"returns outputs of shape \(1138,\)"),
+])
+def test_a_model_that_cannot_take_the_data_is_refused_before_the_run_directory_exists(tmp_path, model, message):
+    path = export(model, torch.rand(3, 30 if "takes 5" not in message else 5), tmp_path / "m.pt2")
+    with pytest.raises(InputError, match=message):
+        load_data("breast-cancer", tmp_path / "out", seed=0, val_fraction=0.2, model=path)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_onnx_file_with_two_inputs_is_refused(tmp_path):
+    class Two(nn.Module):
+        def forward(self, a, b):
+            return a + b
+
+    path = tmp_path / "two.onnx"
+    torch.onnx.export(Two(), (torch.rand(2, 3), torch.rand(2, 3)), str(path), dynamo=False, input_names=["a", "b"])
+    with pytest.raises(InputError, match="the ONNX graph has 2 inputs \\(a, b\\)"):
+        open_model(path)
+
+
+def test_bad_models_end_in_one_line_and_exit_2_from_the_cli(tmp_path, capsys):
+    from flows.cli import main
+
+    pickled = tmp_path / "model.pt"
+    torch.save(mlp(30, 2), pickled)
+    out = tmp_path / "reports"
+    assert main(["run", "--model", str(pickled), "--dataset", "breast-cancer", "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and str(pickled) in error and "torch.export.save" in error
+    assert not out.exists()
+
+
+# -- each route ------------------------------------------------------------------------------------
+
+def test_a_torchscript_cnn_with_functional_activations_is_explained_exactly(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "cnn.pt"
+    torch.jit.save(torch.jit.script(FunctionalCNN().eval()), str(path))
+    model = open_model(path)
+    assert model.format == "torchscript" and ("aten::conv2d", 2) in model.operations
+    images = np.random.default_rng(0).random((6, 3, 16, 16), dtype=np.float32)
+    found = capabilities(model, images[:2], "logits")
+    assert found == {"torch_graph": None, "deepshap": None}
+    run_model = RunModel(model, {"outputs": "logits", "capabilities": found, "source": "supplied"})
+    background = torch.from_numpy(images[:4])
+    engine = model_engine(run_model, background)
+    values = engine.shap_values(torch.from_numpy(images[4:]))
+    probs = run_model.predict_proba(images[4:])
+    reference = run_model.predict_proba(images[:4]).mean(0)
+    np.testing.assert_allclose(values.reshape(2, 10, -1).sum(-1), probs - reference, atol=1e-6)
+
+
+def test_a_pytorch_mlp_through_onnx_is_converted_back_and_explained_exactly(tmp_path):
+    path = onnx_export(mlp(6, 3), torch.rand(2, 6), tmp_path / "mlp.onnx")
+    model = open_model(path)
+    inputs = np.random.default_rng(1).normal(size=(40, 6)).astype(np.float32)
+    conversion = check_conversion(model, inputs)
+    assert conversion["converted"] and conversion["max_difference"] < 1e-5
+    found = capabilities(model, inputs[:2], "logits")
+    assert found["deepshap"] is None
+    run_model = RunModel(model, {"outputs": "logits", "capabilities": found, "source": "supplied"})
+    engine = model_engine(run_model, torch.from_numpy(inputs[:20]))
+    values = engine.shap_values(torch.from_numpy(inputs[20:]))
+    probs = run_model.predict_proba(inputs[20:])  # onnxruntime's, the deployed model's
+    np.testing.assert_allclose(values.sum(-1), probs - run_model.predict_proba(inputs[:20]).mean(0), atol=1e-5)
+
+
+def sklearn_onnx(estimator, x, y, path: Path) -> Path:
+    from skl2onnx import to_onnx
+
+    estimator.fit(x, y)
+    path.write_bytes(to_onnx(estimator, x[:1].astype(np.float32)).SerializeToString())
+    return path
+
+
+def test_kernel_shap_of_a_scikit_learn_logistic_pipeline_in_onnx_is_the_closed_form_on_the_logit(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    data = load_dataset("breast-cancer")
+    x, y = data.inputs[:, :6].astype(np.float64), data.labels
+    pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))
+    model = open_model(sklearn_onnx(pipeline, x, y, tmp_path / "scorecard.onnx"))
+    conversion = check_conversion(model, x[:50].astype(np.float32))
+    assert not conversion["converted"] and "onnx2torch" in conversion["reason"]  # ai.onnx.ml operators
+    run_model = RunModel(model, {"outputs": "probabilities", "capabilities": {}, "source": "supplied"})
+    np.testing.assert_allclose(run_model.predict_proba(x[:20].astype(np.float32)), pipeline.predict_proba(x[:20]),
+                               atol=1e-5)
+
+    def logit(rows: np.ndarray) -> np.ndarray:
+        p = run_model.predict_proba(rows)
+        return np.log(p) - np.log(p[:, ::-1])  # per class: its logit against the other
+
+    mean = x.mean(0, keepdims=True)
+    values = kernel_engine(logit, torch.from_numpy(mean), seed=0)(torch.from_numpy(x[:5]))
+    scaler, logistic = pipeline
+    w = logistic.coef_[0] / scaler.scale_
+    closed_form = w * (x[:5] - mean)  # in float64; the ONNX graph computes in float32
+    np.testing.assert_allclose(values[:, 1], closed_form, atol=2e-3 * np.abs(closed_form).max())
+    np.testing.assert_allclose(values[:, 0], -closed_form, atol=2e-3 * np.abs(closed_form).max())
+
+
+@pytest.fixture(scope="module")
+def trees_run(prefect_server, tmp_path_factory):
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    tmp = tmp_path_factory.mktemp("trees")
+    data = load_dataset("breast-cancer")
+    path = sklearn_onnx(GradientBoostingClassifier(n_estimators=20, max_depth=2, random_state=0), data.inputs,
+                        data.labels, tmp / "trees.onnx")
+    _, result = run_report(tmp / "runs", dataset="breast-cancer", model=str(path), background=12, explain_rows=6)
+    return path, result
+
+
+def test_a_gradient_boosting_model_in_onnx_gets_the_model_agnostic_techniques_and_the_report_says_why(trees_run):
+    path, result = trees_run
+    run_dir, results = Path(result["run_dir"]), result["results"]
+    assert "train" not in results and results["model"]["format"] == "onnx"
+    assert results["gradients"]["skipped"].startswith("no torch graph: onnx2torch cannot convert")
+    assert results["faithfulness"]["skipped"] == results["gradients"]["skipped"]
+    for ran in ("weights", "slices", "permutation-importance", "partial-dependence", "kernel-shap", "lime"):
+        assert "files" in results[ran], ran
+    assert results["deepshap"]["engine"] == "kernel" and result["max_additivity_error"] < 1e-6
+    record = json.loads(layout.path(run_dir, "model").read_text())
+    assert record["sha256"] == __import__("hashlib").sha256(path.read_bytes()).hexdigest()
+    assert layout.path(run_dir, "model_onnx").read_bytes() == path.read_bytes()
+    text = " ".join(" ".join(page.extract_text().split()) for page in PdfReader(result["pdf"]).pages)
+    assert "Model under validation" in text and record["sha256"] in text.replace(" ", "")
+    assert "Saliency and Integrated Gradients Not available for this model: no torch graph" in text
+    assert "on all 569 evaluation rows" in text
+
+
+@pytest.fixture(scope="module")
+def resnet_run(prefect_server, tmp_path_factory):
+    import torchvision
+
+    tmp = tmp_path_factory.mktemp("resnet")
+    torch.manual_seed(0)
+    path = export(torchvision.models.resnet18(num_classes=10), torch.rand(2, 3, 32, 32), tmp / "resnet.pt2")
+    cifar = write_cifar10(tmp / "cifar", per_batch=30)
+    _, result = run_report(tmp / "runs", dataset=f"cifar10:{cifar}", model=str(path), background=8, explain_rows=4)
+    return path, result
+
+
+def test_a_resnet18_exported_with_torch_export_gets_the_whole_report_with_exact_deepshap(resnet_run):
+    path, result = resnet_run
+    results = result["results"]
+    assert results["model"]["capabilities"] == {"torch_graph": None, "deepshap": None}
+    assert results["deepshap"]["engine"] == "fast" and result["max_additivity_error"] < 1e-5
+    assert all("files" in results[name] for name in ("gradients", "faithfulness", "kernel-shap", "lime", "weights"))
+    model = load_run_model(layout.path(result["run_dir"], "model"))
+    assert model.record["parameters"] == sum(p.numel() for p in __import__("torchvision").models.resnet18(
+        num_classes=10).state_dict().values() if p.is_floating_point()) + 20  # + batch norms' counters
+    text = " ".join(" ".join(page.extract_text().split()) for page in PdfReader(result["pdf"]).pages)
+    assert "Model under validation" in text and "torch.export" in text and "aten.conv2d" in text
