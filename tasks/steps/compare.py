@@ -12,6 +12,7 @@ Files (in ``comparison/``): ``metrics.parquet``, ``importance.parquet``, ``data_
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,15 @@ def _importance_ranks(run_dir: Path) -> pd.Series:
     table = pd.read_parquet(layout.path(run_dir, "permutation_importance"))
     table = table[table["kind"].isin(["feature", "region"])].sort_values("importance_mean", ascending=False)
     return pd.Series(np.arange(1, len(table) + 1), index=table["name"].to_numpy())
+
+
+def _model_identity(run_dir: Path) -> dict:
+    """Which model a run validated: its source (trained or supplied), format and file SHA-256."""
+    record_path = layout.path(run_dir, "model")
+    if not record_path.is_file():  # a run made before model records: its trained weights
+        return {"source": "trained", "format": "safetensors", "sha256": sha256_file(layout.path(run_dir, "weights"))}
+    record = json.loads(record_path.read_text())
+    return {"source": record["source"], "format": record["format"], "sha256": record["sha256"]}
 
 
 def data_shift(current, previous) -> pd.DataFrame:
@@ -99,6 +109,7 @@ def compare_runs(run_dir: Path, previous: Path | None) -> dict:
                                  ("predictions", changed))}
     summary = {
         "previous": previous.name,
+        "model": {"now": _model_identity(run_dir), "previous": _model_identity(previous)},
         "previous_sha256": {"manifest": sha256_file(layout.path(previous, "manifest"))},
         "overall": {m: {"now": float(overall_now[m]), "previous": float(overall_before[m]),
                         "delta": float(overall_now[m] - overall_before[m])} for m in overall_now.index},
@@ -107,6 +118,7 @@ def compare_runs(run_dir: Path, previous: Path | None) -> dict:
         "shared_rows": len(joined), "changed_predictions": len(changed),
         "n_shifted": int(shift["shifted"].sum()),
     }
+    summary["model"]["changed"] = summary["model"]["now"]["sha256"] != summary["model"]["previous"]["sha256"]
     files["summary"] = file_ref(write_json_atomic(layout.path(run_dir, "comparison_summary"), summary))
     check = Check("comparison.data-shift", "Input data", f"features or channels shifted since the previous run (KS above {SHIFT_THRESHOLD})",
                   summary["n_shifted"], 0, "at most", SECTION_MONITORING,
