@@ -270,3 +270,19 @@ def test_a_resnet18_exported_with_torch_export_gets_the_whole_report_with_exact_
         num_classes=10).state_dict().values() if p.is_floating_point()) + 20  # + batch norms' counters
     text = " ".join(" ".join(page.extract_text().split()) for page in PdfReader(result["pdf"]).pages)
     assert "Model under validation" in text and "torch.export" in text and "aten.conv2d" in text
+
+
+def test_explain_image_and_verify_work_on_a_run_of_a_supplied_model(resnet_run, tmp_path):
+    from PIL import Image
+
+    from tasks.report.own_image import explain_image
+    from tasks.run.verify import verify_run
+
+    _, result = resnet_run
+    path = tmp_path / "mine.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(path)
+    explained = explain_image(path, Path(result["run_dir"]), tmp_path / "out")
+    assert explained["additivity_error"] < 1e-5 and Path(explained["pdf"]).is_file()
+    assert verify_run(Path(result["run_dir"])) == []
+    layout.path(result["run_dir"], "model_pt2").write_bytes(b"PK swapped")
+    assert any("model/model.pt2" in problem for problem in verify_run(Path(result["run_dir"])))
