@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from tasks.data.dataset import Dataset
 from tasks.run.artifacts import sha256_file
-from tasks.run.errors import InputError
+from tasks.run.errors import InputError, first_line
 
 MAX_CLASSES = 100  # more distinct labels than this looks like a continuous target, not classes
 MAX_NAMES_SHOWN = 5  # columns named in one error message
@@ -96,7 +96,7 @@ def _read_csv(path: Path) -> pa.Table:
     try:
         return pa_csv.read_csv(path)
     except (OSError, pa.ArrowException, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not a readable CSV file: {_first_line(exc)}") from None
+        raise InputError(f"{path}: not a readable CSV file: {first_line(exc, 1000)}") from None
 
 
 def _read_parquet(path: Path) -> pa.Table:
@@ -104,7 +104,7 @@ def _read_parquet(path: Path) -> pa.Table:
         table = pq.read_table(path)
         table.validate(full=True)
     except (OSError, pa.ArrowException) as exc:
-        raise InputError(f"{path}: not a readable Parquet file: {_first_line(exc)}") from None
+        raise InputError(f"{path}: not a readable Parquet file: {first_line(exc, 1000)}") from None
     return table
 
 
@@ -143,5 +143,3 @@ def _shown(names: list[str], quote: bool = True) -> str:
     return ", ".join(repr(n) if quote else n for n in names[:MAX_NAMES_SHOWN]) + more
 
 
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

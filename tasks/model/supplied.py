@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from tasks.model.formats import detect_format
-from tasks.run.errors import InputError
+from tasks.run.errors import InputError, first_line
 
 CONVERSION_TOLERANCE = 1e-5  # largest |onnx2torch - onnxruntime| output difference accepted
 BATCH = 256
@@ -43,6 +43,7 @@ class ModelFile:
     program: torch.export.ExportedProgram | None = None  # the graph DeepSHAP reads, if not `module`'s own trace
     graph_note: str = ""  # where the torch graph comes from, or why there is none
     session: object = None  # onnxruntime.InferenceSession for ONNX files
+    output_name: str | None = None  # the ONNX output holding the class scores
     channels_last: bool = False  # ONNX images taken as (n, H, W, C)
     static_batch: int | None = None  # a graph that only runs on batches of exactly this size
     meta: dict = field(default_factory=dict)  # format-specific facts (e.g. the reference model's config)
@@ -57,7 +58,7 @@ class ModelFile:
         if self.session is not None:
             if self.channels_last:
                 x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-            return onnx_outputs(self.session, x)
+            return onnx_outputs(self.session, self.output_name, x)
         with torch.no_grad():
             return _run_padded(self.module, torch.from_numpy(x), self.static_batch).numpy()
 
@@ -94,7 +95,7 @@ def open_model(path: Path, fmt: str | None = None) -> ModelFile:
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure of a loader means the file cannot be used
-        raise InputError(f"--model {path}: cannot load this {fmt} file: {_first_line(exc)}") from None
+        raise InputError(f"--model {path}: cannot load this {fmt} file: {first_line(exc)}") from None
 
 
 def _open_export(path: Path) -> ModelFile:
@@ -139,7 +140,7 @@ def _open_onnx(path: Path) -> ModelFile:
         proto = onnx.load(str(path))
         onnx.checker.check_model(proto)
     except Exception as exc:  # noqa: BLE001 - protobuf and checker errors have many types
-        raise InputError(f"--model {path}: not a valid ONNX model ({_first_line(exc)})") from None
+        raise InputError(f"--model {path}: not a valid ONNX model ({first_line(exc)})") from None
     initializers = {init.name for init in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in initializers]
     if len(inputs) != 1:
@@ -147,7 +148,7 @@ def _open_onnx(path: Path) -> ModelFile:
                          f"({', '.join(i.name for i in inputs)}); the pipeline maps exactly one input tensor")
     dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    output_of(session, path)  # refuses outputs it cannot map
+    output_name = output_of(session, path)  # refuses outputs it cannot map
     from onnx import numpy_helper
 
     parameters = {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}
@@ -158,7 +159,8 @@ def _open_onnx(path: Path) -> ModelFile:
     channels_last = len(dims) == 4 and dims[3] in (1, 3) and dims[1] not in (1, 3)
     shape = [dims[3], dims[1], dims[2]] if channels_last else dims[1:]
     model = ModelFile(path, "onnx", producer, shape, inputs[0].name, _numpy(parameters), operations.most_common(),
-                      session=session, channels_last=channels_last, static_batch=dims[0] if dims else None)
+                      session=session, output_name=output_name, channels_last=channels_last,
+                      static_batch=dims[0] if dims else None)
     model.meta["proto"] = proto
     return model
 
@@ -201,10 +203,8 @@ def output_of(session, path: Path) -> str:
     return candidates[0].name
 
 
-def onnx_outputs(session, x: np.ndarray) -> np.ndarray:
-    name = session._accountability_output if hasattr(session, "_accountability_output") else None
-    if name is None:
-        name = session._accountability_output = output_of(session, Path("model"))
+def onnx_outputs(session, name: str, x: np.ndarray) -> np.ndarray:
+    """The class scores (n, K) of an ONNX session for a batch `x`."""
     feed = session.get_inputs()[0]
     if feed.type == "tensor(double)":
         x = x.astype(np.float64)
@@ -224,7 +224,7 @@ def convert_onnx(model: ModelFile) -> str | None:
 
         module = convert(model.meta["proto"]).eval()
     except Exception as exc:  # noqa: BLE001 - onnx2torch raises NotImplementedError and others per operation
-        return f"onnx2torch cannot convert the graph: {_first_line(exc)}"
+        return f"onnx2torch cannot convert the graph: {first_line(exc)}"
     model.module = ChannelsLast(module) if model.channels_last else module
     model.graph_note = "onnx2torch's conversion of the ONNX graph"
     return None
@@ -246,7 +246,7 @@ def check_conversion(model: ModelFile, inputs: np.ndarray) -> dict:
         difference = (float(np.abs(converted - reference).max()) if converted.shape == reference.shape
                       else float("inf"))
     except Exception as exc:  # noqa: BLE001
-        difference, failure = float("inf"), f"onnx2torch's graph fails on the data: {_first_line(exc)}"
+        difference, failure = float("inf"), f"onnx2torch's graph fails on the data: {first_line(exc)}"
     else:
         failure = (f"onnx2torch's graph differs from onnxruntime by {difference:.2e} on the data (more than "
                    f"{CONVERSION_TOLERANCE:g}); the conversion is not used")
@@ -255,10 +255,6 @@ def check_conversion(model: ModelFile, inputs: np.ndarray) -> dict:
         return {"converted": False, "reason": failure}
     model.graph_note = f"onnx2torch's conversion, equal to onnxruntime within {difference:.1e} on the data"
     return {"converted": True, "max_difference": difference}
-
-
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 class ChannelsLast(nn.Module):

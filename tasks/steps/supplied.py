@@ -28,7 +28,7 @@ from tasks.model.run_model import RunModel, detect_outputs, write_record
 from tasks.model.supplied import ModelFile, check_conversion, open_model
 from tasks.run import layout
 from tasks.run.artifacts import atomic_path, sha256_file
-from tasks.run.errors import InputError
+from tasks.run.errors import InputError, first_line
 from tasks.run.formats import file_ref, read_split, write_frame
 from tasks.steps.train import classification_metrics
 
@@ -50,9 +50,8 @@ def fit_data_to_model(data: Dataset, path: Path, outputs: str | None) -> tuple[D
     try:
         raw = model.run(data.inputs)
     except Exception as exc:  # noqa: BLE001 - the model's own error says what it expected
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise InputError(f"--model {path} cannot take inputs of shape {tuple(data.inputs.shape[1:])}: "
-                         f"{first}") from None
+                         f"{first_line(exc)}") from None
     n_classes = len(data.class_names)
     if raw.ndim != 2 or len(raw) != len(data.inputs):
         raise InputError(f"--model {path} returns outputs of shape {tuple(raw.shape)}; the pipeline needs "
@@ -108,10 +107,9 @@ def supplied_model(model_path: str, train_path: str, validation_path: str, run_d
     train, val = read_split(train_path), read_split(validation_path)
     record = {"source": "supplied", "format": model.format, "file": layout.FILES[MODEL_FILES[model.format]],
               "original_path": str(source), "sha256": sha256_file(copy), "size_bytes": copy.stat().st_size,
-              "outputs": outputs, "outputs_declared": outputs_declared, "input_shape": list(train.inputs.shape[1:]), "n_outputs": len(train.class_names),
-              "producer": model.producer, "input_name": model.input_name,
-              "parameters": int(sum(v.size for v in model.parameters.values())),
-              "operations": model.operations}
+              "outputs": outputs, "outputs_declared": outputs_declared, "input_shape": list(train.inputs.shape[1:]),
+              "n_outputs": len(train.class_names), "producer": model.producer, "input_name": model.input_name,
+              "parameters": int(sum(v.size for v in model.parameters.values())), "operations": model.operations}
     every = np.concatenate([train.inputs, val.inputs])
     if model.format == "onnx":
         record["conversion"] = check_conversion(model, every)
@@ -119,22 +117,18 @@ def supplied_model(model_path: str, train_path: str, validation_path: str, run_d
     record["graph"] = model.graph_note
     write_record(layout.path(run_dir, "model"), record)
 
-    probabilities = {}
-    run_model = RunModel(model, record)
-    rows, class_rows, evaluation = [], [], []
-    for split, part in (("train", train), ("validation", val)):
-        probabilities[split] = run_model.predict_proba(part.inputs)
-        evaluation.append(pd.DataFrame({"source_id": part.source_ids, "split": split, "label": part.labels,
-                                        "predicted": probabilities[split].argmax(1)}))
-    everything = pd.concat(evaluation, ignore_index=True)
-    for split, frame in (("train", evaluation[0]), ("validation", evaluation[1]), ("all", everything)):
-        metrics = classification_metrics(frame["label"].to_numpy(), frame["predicted"].to_numpy(),
+    probs = RunModel(model, record).predict_proba(every)
+    labels = np.concatenate([train.labels, val.labels])
+    everything = pd.DataFrame({"source_id": train.source_ids + val.source_ids,
+                               "split": ["train"] * len(train.labels) + ["validation"] * len(val.labels),
+                               "label": labels, "predicted": probs.argmax(1)})
+    rows, class_rows = [], []
+    for split in ("train", "validation", "all"):
+        part = (everything["split"] == split).to_numpy() if split != "all" else np.ones(len(labels), dtype=bool)
+        metrics = classification_metrics(labels[part], everything["predicted"].to_numpy()[part],
                                          len(train.class_names))
         per_class = metrics.pop("per_class")
-        labels = frame["label"].to_numpy()
-        probs = (probabilities[split] if split != "all"
-                 else np.concatenate([probabilities["train"], probabilities["validation"]]))
-        loss = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
+        loss = float(-np.log(np.clip(probs[part][np.arange(part.sum()), labels[part]], 1e-12, None)).mean())
         rows.append({"epoch": 0, "split": split, "loss": loss, **metrics})
         for k, name in enumerate(train.class_names):
             class_rows.append({"epoch": 0, "split": split, "class_index": k, "class_name": name,
@@ -151,7 +145,6 @@ def supplied_model(model_path: str, train_path: str, validation_path: str, run_d
 
 def capabilities(model: ModelFile, example: np.ndarray, outputs: str) -> dict[str, str | None]:
     """Per capability of tasks/model/run_model.py: None where the model has it, else the reason why not."""
-
     if model.module is None:
         reason = f"no torch graph: {model.graph_note}" if model.graph_note else "no torch graph"
         return {"torch_graph": reason, "deepshap": reason}
@@ -162,7 +155,6 @@ def capabilities(model: ModelFile, example: np.ndarray, outputs: str) -> dict[st
     except UnsupportedModelError as exc:
         found["deepshap"] = f"the graph has an operation without an exact rule: {exc}"
     except Exception as exc:  # noqa: BLE001 - torch.export's converters fail in many ways
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        found["deepshap"] = f"the graph cannot be read for DeepSHAP: {first}"
+        found["deepshap"] = f"the graph cannot be read for DeepSHAP: {first_line(exc)}"
     return found
 
