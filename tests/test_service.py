@@ -72,11 +72,19 @@ def test_the_monthly_deployment_gets_scheduled_runs_from_the_cron(stack):
 
 @pytest.fixture(scope="module")
 def deployed_run(stack) -> dict:
-    """An on-demand run of the monthly deployment (CLI `prefect deployment run`), waited for."""
-    out = stack["base"] / "on-demand"
+    """An on-demand run of the monthly deployment (CLI `prefect deployment run`) validating a user's model (a
+    torch.export archive), waited for."""
+    import torch
+
+    out, model = stack["base"] / "on-demand", stack["base"] / "scorecard.pt2"
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(30, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
+    torch.export.save(torch.export.export(mlp, (torch.rand(4, 30),), dynamic_shapes=({0: torch.export.Dim.AUTO},)),
+                      str(model))
     started = subprocess.run(
         [str(ROOT / ".venv" / "bin" / "prefect"), "deployment", "run", "compliance_report/monthly",
-         "-p", "dataset=breast-cancer", "-p", "epochs=1", "-p", "background=20", "-p", "explain_rows=4", "-p", f"out={out}"],
+         "-p", "dataset=breast-cancer", "-p", f"model={model}", "-p", "background=20", "-p", "explain_rows=4",
+         "-p", f"out={out}"],
         env=stack["env"], capture_output=True, text=True, timeout=120, check=True)
     flow_run_id = started.stdout.split("/runs/flow-run/")[1].split()[0].strip()
     deadline = time.monotonic() + 480
@@ -112,6 +120,8 @@ def test_a_deployed_report_runs_its_shap_stage_on_the_gpu_worker(stack, deployed
     assert any(a["type"] == "progress" for a in artifacts)  # the long steps' progress
     (run_dir,) = out.iterdir()
     assert (run_dir / "report.pdf").is_file() and (run_dir / "manifest.json").is_file()
+    assert (run_dir / "model" / "model.pt2").read_bytes() == (stack["base"] / "scorecard.pt2").read_bytes()
+    assert not (run_dir / "model" / "model.safetensors").exists()  # validated as given, nothing trained
 
 
 def chromium(*args: str) -> subprocess.CompletedProcess:
