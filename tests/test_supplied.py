@@ -286,3 +286,33 @@ def test_explain_image_and_verify_work_on_a_run_of_a_supplied_model(resnet_run, 
     assert verify_run(Path(result["run_dir"])) == []
     layout.path(result["run_dir"], "model_pt2").write_bytes(b"PK swapped")
     assert any("model/model.pt2" in problem for problem in verify_run(Path(result["run_dir"])))
+
+
+def test_an_onnx_table_model_with_one_input_per_column_is_fed_by_column_name(tmp_path):
+    import pandas as pd
+    from skl2onnx import to_onnx
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"income": rng.normal(50, 10, 200), "debt": rng.normal(20, 5, 200)})
+    frame["defaulted"] = np.where(frame["debt"] * 2 - frame["income"] + rng.normal(0, 3, 200) > -10, "yes", "no")
+    features = frame[["income", "debt"]].astype(np.float32)
+    columns = ColumnTransformer([("scale", StandardScaler(), ["income", "debt"])])
+    classifier = make_pipeline(columns, LogisticRegression()).fit(features, frame["defaulted"])
+    path = tmp_path / "named.onnx"
+    path.write_bytes(to_onnx(classifier, features[:1], options={"zipmap": False}).SerializeToString())
+    model = open_model(path)
+    assert model.column_inputs == ["income", "debt"] and model.input_shape == [2]
+
+    shuffled = tmp_path / "applicants.csv"  # other column order, and a column the model does not take
+    frame.assign(age=rng.integers(20, 70, 200))[["debt", "age", "defaulted", "income"]].to_csv(shuffled, index=False)
+    data, facts = fit_data_to_model(load_dataset(f"csv:{shuffled}", "defaulted"), path, None)
+    assert data.feature_names == ["income", "debt"] and facts["outputs"] == "probabilities"
+    assert "not used by the model: age" in data.provenance["fitted to the model"]
+    np.testing.assert_allclose(model.run(data.inputs), classifier.predict_proba(features), atol=1e-5)
+    frame[["debt", "defaulted"]].to_csv(shuffled, index=False)
+    with pytest.raises(InputError, match="takes columns the dataset .* does not have: income"):
+        fit_data_to_model(load_dataset(f"csv:{shuffled}", "defaulted"), path, None)

@@ -44,6 +44,7 @@ class ModelFile:
     graph_note: str = ""  # where the torch graph comes from, or why there is none
     session: object = None  # onnxruntime.InferenceSession for ONNX files
     output_name: str | None = None  # the ONNX output holding the class scores
+    column_inputs: list[str] | None = None  # an ONNX table model with one (n, 1) input per column, by name
     channels_last: bool = False  # ONNX images taken as (n, H, W, C)
     static_batch: int | None = None  # a graph that only runs on batches of exactly this size
     meta: dict = field(default_factory=dict)  # format-specific facts (e.g. the reference model's config)
@@ -58,7 +59,7 @@ class ModelFile:
         if self.session is not None:
             if self.channels_last:
                 x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-            return onnx_outputs(self.session, self.output_name, x)
+            return onnx_outputs(self.session, self.output_name, x, self.column_inputs)
         with torch.no_grad():
             return _run_padded(self.module, torch.from_numpy(x), self.static_batch).numpy()
 
@@ -143,10 +144,14 @@ def _open_onnx(path: Path) -> ModelFile:
         raise InputError(f"--model {path}: not a valid ONNX model ({first_line(exc)})") from None
     initializers = {init.name for init in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in initializers]
-    if len(inputs) != 1:
+    shapes = [[d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim]
+              for i in inputs]
+    columns = len(inputs) > 1 and all(len(shape) == 2 and shape[1] == 1 for shape in shapes)
+    if len(inputs) != 1 and not columns:
         raise InputError(f"--model {path}: the ONNX graph has {len(inputs)} inputs "
-                         f"({', '.join(i.name for i in inputs)}); the pipeline maps exactly one input tensor")
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
+                         f"({', '.join(i.name for i in inputs)}); the pipeline maps one input tensor, or one "
+                         "(batch, 1) input per table column")
+    dims = [shapes[0][0], len(inputs)] if columns else shapes[0]
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     output_name = output_of(session, path)  # refuses outputs it cannot map
     from onnx import numpy_helper
@@ -160,6 +165,7 @@ def _open_onnx(path: Path) -> ModelFile:
     shape = [dims[3], dims[1], dims[2]] if channels_last else dims[1:]
     model = ModelFile(path, "onnx", producer, shape, inputs[0].name, _numpy(parameters), operations.most_common(),
                       session=session, output_name=output_name, channels_last=channels_last,
+                      column_inputs=[i.name for i in inputs] if columns else None,
                       static_batch=dims[0] if dims else None)
     model.meta["proto"] = proto
     return model
@@ -203,12 +209,15 @@ def output_of(session, path: Path) -> str:
     return candidates[0].name
 
 
-def onnx_outputs(session, name: str, x: np.ndarray) -> np.ndarray:
-    """The class scores (n, K) of an ONNX session for a batch `x`."""
-    feed = session.get_inputs()[0]
-    if feed.type == "tensor(double)":
-        x = x.astype(np.float64)
-    (out,) = session.run([name], {feed.name: x})
+def onnx_outputs(session, name: str, x: np.ndarray, columns: list[str] | None = None) -> np.ndarray:
+    """The class scores (n, K) of an ONNX session for a batch `x`; with `columns`, column j feeds the input
+    named columns[j]."""
+    feeds = {i.name: i for i in session.get_inputs()}
+    parts = ({column: x[:, [j]] for j, column in enumerate(columns)} if columns
+             else {next(iter(feeds)): x})
+    types = {"tensor(double)": np.float64, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+    (out,) = session.run([name], {key: value.astype(types.get(feeds[key].type, np.float32))
+                                  for key, value in parts.items()})
     if isinstance(out, list):  # ZipMap: one {class: probability} per row
         keys = sorted(out[0]) if out else []
         out = np.array([[row[k] for k in keys] for row in out])

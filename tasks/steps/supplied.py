@@ -43,6 +43,9 @@ def fit_data_to_model(data: Dataset, path: Path, outputs: str | None) -> tuple[D
     notes = []
     if data.modality == "image":
         data.inputs, notes = _fit_images(data.inputs, model.input_shape, path)
+    elif model.column_inputs:
+        data, note = _columns_by_name(data, model.column_inputs, path)
+        notes += [note] if note else []
     elif model.input_shape and model.input_shape[0] not in (None, data.inputs.shape[1]):
         raise InputError(f"--model {path} takes {model.input_shape[0]} features; dataset {data.name} has "
                          f"{data.inputs.shape[1]} ({', '.join(data.feature_names[:5])}"
@@ -67,6 +70,19 @@ def fit_data_to_model(data: Dataset, path: Path, outputs: str | None) -> tuple[D
     if notes:
         data.provenance = {**data.provenance, "fitted to the model": "; ".join(notes)}
     return data, {"format": model.format, "outputs": kind, "outputs_declared": outputs is not None}
+
+
+def _columns_by_name(data: Dataset, names: list[str], path: Path) -> tuple[Dataset, str]:
+    """The table's columns in the order of the model's named inputs; columns the model does not take dropped."""
+    missing = [name for name in names if name not in data.feature_names]
+    if missing:
+        raise InputError(f"--model {path} takes columns the dataset {data.name} does not have: "
+                         f"{', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}")
+    unused = [name for name in data.feature_names if name not in names]
+    data.inputs = np.ascontiguousarray(data.inputs[:, [data.feature_names.index(name) for name in names]])
+    data.feature_names = list(names)
+    return data, (f"columns matched to the model's inputs by name; not used by the model: {', '.join(unused)}"
+                  if unused else "columns matched to the model's inputs by name")
 
 
 def _fit_images(images: np.ndarray, shape: list, path: Path) -> tuple[np.ndarray, list[str]]:
