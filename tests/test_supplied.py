@@ -316,3 +316,43 @@ def test_an_onnx_table_model_with_one_input_per_column_is_fed_by_column_name(tmp
     frame[["debt", "defaulted"]].to_csv(shuffled, index=False)
     with pytest.raises(InputError, match="takes columns the dataset .* does not have: income"):
         fit_data_to_model(load_dataset(f"csv:{shuffled}", "defaulted"), path, None)
+
+
+class ChannelsLastCNN(nn.Module):
+    """Takes (n, H, W, C) images, as Keras models exported with tf2onnx do."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+
+    def forward(self, x):
+        return self.net(x.permute(0, 3, 1, 2))
+
+
+def test_a_channels_last_onnx_image_model_takes_the_pipelines_images_and_converts_exactly(tmp_path):
+    torch.manual_seed(0)
+    network = ChannelsLastCNN().eval()
+    path = onnx_export(network, torch.rand(2, 16, 16, 3), tmp_path / "keras-like.onnx")
+    model = open_model(path)
+    assert model.channels_last and model.input_shape == [3, 16, 16]
+    images = np.random.default_rng(0).random((12, 3, 16, 16), dtype=np.float32)  # the pipeline's (n, C, H, W)
+    expected = network(torch.from_numpy(images).permute(0, 2, 3, 1)).detach().numpy()
+    np.testing.assert_allclose(model.run(images), expected, atol=1e-5)
+    assert check_conversion(model, images)["converted"]
+    run_model = RunModel(model, {"outputs": "logits", "capabilities": {}, "source": "supplied"})
+    values = model_engine(run_model, torch.from_numpy(images[:8])).shap_values(torch.from_numpy(images[8:]))
+    np.testing.assert_allclose(values.reshape(4, 10, -1).sum(-1),
+                               run_model.predict_proba(images[8:]) - run_model.predict_proba(images[:8]).mean(0),
+                               atol=1e-5)  # onnxruntime's probabilities: the conversion is within 1e-5 of them
+
+
+def test_an_onnx_model_with_two_score_outputs_is_refused(tmp_path):
+    class Two(nn.Module):
+        def forward(self, x):
+            return x * 2, x * 3
+
+    path = tmp_path / "two-out.onnx"
+    torch.onnx.export(Two(), (torch.rand(2, 3),), str(path), dynamo=False, input_names=["x"],
+                      output_names=["a", "b"])
+    with pytest.raises(InputError, match="cannot tell which ONNX output holds the class scores"):
+        open_model(path)
