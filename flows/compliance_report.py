@@ -68,9 +68,10 @@ def compliance_report(
     `shap_deployment` (e.g. "deepshap/gpu") sends the SHAP stage to that deployment's workers;
     `dask_address` / `dask_workers` spread its shards over Dask workers (see flows/deepshap.py).
     """
-    config = preflight(RunConfig(dataset=dataset, label=label, model=model, outputs=outputs, epochs=epochs, background=background,
-                                 explain_rows=explain_rows, seed=seed, out=Path(out), shap_engine=shap_engine,
-                                 model_card=model_card, compare=compare, resume=resume, shard_size=shard_size),
+    config = preflight(RunConfig(dataset=dataset, label=label, model=model, outputs=outputs, epochs=epochs,
+                                 background=background, explain_rows=explain_rows, seed=seed, out=Path(out),
+                                 shap_engine=shap_engine, model_card=model_card, compare=compare, resume=resume,
+                                 shard_size=shard_size),
                        dask_address, dask_workers)
     loaded = load_step(config.dataset, config.out, config.seed, config.val_fraction, config.background,
                        config.explain_rows, config.label, config.resume, config.model, config.outputs)

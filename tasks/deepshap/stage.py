@@ -42,8 +42,7 @@ from tasks.run.checks import SECTION_QUALITY, Check
 from tasks.data.dataset import require_rows
 from tasks.run.errors import InputError
 from tasks.run.formats import (META_DEVICE, META_ENGINE, META_EXPECTED, META_SEED, META_SHAPE, META_WORKER,
-                               background_images,
-                               file_ref, float32_column, float32_rows, metadata, read_split)
+                               background_images, file_ref, float32_column, float32_rows, metadata, read_split)
 
 # Rows per shard, the unit of work a worker takes, when the run does not say: on a CPU small (shards run side
 # by side, one per core); on a GPU large, so a shard's fixed cost (weights, background pass) stays a small share.
@@ -99,9 +98,10 @@ def stage_outputs(run_dir: Path | str) -> dict:
     meta = metadata(layout.path(run_dir, "shap_values"))
     errors = pq.read_table(layout.path(run_dir, "explained"), columns=["additivity_error"]).column(0).to_numpy()
     over = int((errors > ADDITIVITY_THRESHOLD).sum())
-    check = Check("deepshap.additivity", "DeepSHAP", "additivity (largest error)", float(errors.max()), ADDITIVITY_THRESHOLD, "at most",
-                  SECTION_QUALITY, f"{over} explanations exceed the DeepSHAP additivity threshold "
-                  f"{ADDITIVITY_THRESHOLD:g}.")
+    method = "Kernel SHAP (SHAP stage)" if meta[META_ENGINE.decode()] == "kernel" else "DeepSHAP"
+    check = Check("deepshap.additivity", method, "additivity (largest error)", float(errors.max()),
+                  ADDITIVITY_THRESHOLD, "at most", SECTION_QUALITY,
+                  f"{over} explanations exceed the {method} additivity threshold {ADDITIVITY_THRESHOLD:g}.")
     return {"files": {k: file_ref(layout.path(run_dir, k)) for k in keys}, "checks": [check.to_json()],
             "engine": meta[META_ENGINE.decode()], "device": meta[META_DEVICE.decode()],
             "max_additivity_error": float(errors.max()), "mean_additivity_error": float(errors.mean()),

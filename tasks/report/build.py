@@ -111,7 +111,8 @@ def render_report(run_dir: Path, results: dict, params: dict, environment: dict,
     cases = case_studies(data, expected)
     context = {
         "title": {"model": (f"{model.record['format']} model {Path(model.record['original_path']).name}"
-                            if supplied else model_description(model.file.meta["config"])), "dataset": load["dataset"], "run_id": run_dir.name,
+                            if supplied else model_description(model.file.meta["config"])),
+                  "dataset": load["dataset"], "run_id": run_dir.name,
                   "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                   "flow_run_id": flow_run.get("id") or "not run under Prefect"},
         "summary": {
