@@ -104,11 +104,10 @@ def test_an_unreachable_prefect_api_is_named(tmp_path):
 
 @pytest.mark.slow
 def test_two_runs_at_once_into_one_output_directory_both_finish(tmp_path):
-    images = write_imagefolder(tmp_path / "images", {"a": 10, "b": 10, "c": 10})
     out = tmp_path / "reports"
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(tmp_path / "prefect")}
     env.pop("PREFECT_API_URL", None)
-    args = [sys.executable, "-m", "flows.cli", "run", "--dataset", f"imagefolder:{images}", "--epochs", "1",
+    args = [sys.executable, "-m", "flows.cli", "run", "--dataset", "breast-cancer", "--epochs", "1",
             "--background", "5", "--explain", "3", "--out", str(out)]
     runs = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _ in range(2)]

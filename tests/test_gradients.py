@@ -37,7 +37,7 @@ def test_gradients_step_writes_complete_ig_for_the_explained_rows(image_run):
 def test_two_ig_steps_fail_the_completeness_check(image_run, tmp_path):
     """The same step with a 2-point path integral: its completeness error is far larger, and its check fails."""
     _, run = image_run
-    files = layout.paths(run["run_dir"], ("weights", "validation", "explained", "background"))
+    files = layout.paths(run["run_dir"], ("model", "validation", "explained", "background"))
     result = gradient_attributions(str(tmp_path), files, 0, ig_steps=2)
     (check,) = result["checks"]
     assert result["max_ig_completeness_error"] > run["results"]["gradients"]["max_ig_completeness_error"]

@@ -17,7 +17,8 @@ def test_statistics_have_known_answers(tmp_path):
         model[0].bias.zero_()
         model[2].weight.fill_(-2.0)
         model[2].bias.copy_(torch.tensor([3.0, 4.0]))
-    stats = weight_statistics(model)
+    stats = weight_statistics({name: p.detach().numpy() for name, p in model.named_parameters()},
+                              {name: type(m).__name__ for name, m in model.named_modules()})
     assert list(stats["layer"]) == ["0", "0", "2", "2"] and list(stats["tensor"]) == ["weight", "bias"] * 2
     conv = stats.iloc[0]
     assert conv["shape"] == "2x1x3x3" and conv["count"] == 18 and conv["module"] == "Conv2d"
@@ -29,10 +30,12 @@ def test_statistics_have_known_answers(tmp_path):
 
 def test_the_step_writes_one_row_per_parameter_tensor_of_a_saved_model(tmp_path):
     from tasks.model.reference import MLPConfig, build_reference_mlp, save_weights
+    from tasks.model.run_model import write_trained_record
 
     model = build_reference_mlp(MLPConfig(in_features=5, num_classes=3))
     save_weights(layout.path(tmp_path, "weights"), model, MLPConfig(in_features=5, num_classes=3), {})
-    result = inspect_weights(str(tmp_path), layout.paths(tmp_path, ["weights"]), 0)
+    write_trained_record(tmp_path, [5], 3)
+    result = inspect_weights(str(tmp_path), layout.paths(tmp_path, ["model"]), 0)
     table = pq.read_table(result["files"]["weight_statistics"]["path"])
     assert table.num_rows == len(list(model.parameters())) == 6 and result["checks"] == []
 
@@ -41,6 +44,8 @@ def test_figures_are_png(tmp_path):
     from tasks.model.reference import CNNConfig, build_reference_cnn
 
     model = build_reference_cnn(CNNConfig(in_channels=3, num_classes=4))
-    for path in (weight_histograms(model, tmp_path / "h.png"), first_conv_filters(model, tmp_path / "f.png")):
+    layers = {name: p.detach().numpy() for name, p in model.named_parameters() if p.ndim >= 2}
+    first = next(iter(layers.values()))
+    for path in (weight_histograms(layers, tmp_path / "h.png"), first_conv_filters(first, tmp_path / "f.png")):
         image = Image.open(path)
         assert image.format == "PNG" and np.asarray(image).std() > 0

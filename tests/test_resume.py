@@ -21,6 +21,7 @@ from tasks.run.resume import resumable_parameters
 from tests.conftest import subflow_run, task_runs
 
 PARAMS = ["--dataset", "breast-cancer", "--epochs", "2", "--background", "30", "--explain", "6", "--shard-size", "2"]
+# (conftest's table_run is run with these parameters: the uninterrupted run the resumed ones must match)
 COMPARED = ["weights", "shap_values", "lime", "kernel_shap", "permutation_importance", "stability"]
 
 
@@ -41,10 +42,9 @@ def run_flow(**parameters):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(prefect_server, tmp_path_factory):
-    out = tmp_path_factory.mktemp("whole")
-    _, result = run_flow(dataset="breast-cancer", epochs=2, background=30, explain_rows=6, shard_size=2, out=str(out))
-    return Path(result["run_dir"])
+def uninterrupted(table_run):
+    """conftest's table_run: an uninterrupted run with PARAMS."""
+    return Path(table_run["run_dir"])
 
 
 def kill_when(trigger: str, out: Path, tmp_path: Path) -> Path:

@@ -255,7 +255,7 @@ def resnet_run(prefect_server, tmp_path_factory):
     torch.manual_seed(0)
     path = export(torchvision.models.resnet18(num_classes=10), torch.rand(2, 3, 32, 32), tmp / "resnet.pt2")
     cifar = write_cifar10(tmp / "cifar", per_batch=30)
-    _, result = run_report(tmp / "runs", dataset=f"cifar10:{cifar}", model=str(path), background=8, explain_rows=4)
+    _, result = run_report(tmp / "runs", dataset=f"cifar10:{cifar}", model=str(path), background=6, explain_rows=2)
     return path, result
 
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from tasks.model.supplied import ModelFile, StaticBatch, convert_onnx, open_model
+from tasks.run import layout
 from tasks.run.artifacts import sha256_file, write_json_atomic
 from tasks.run.errors import InputError
 
@@ -131,3 +132,12 @@ def detect_outputs(outputs: np.ndarray, declared: str | None, path: Path) -> str
 def write_record(path: Path, record: dict) -> dict:
     write_json_atomic(path, record)
     return record
+
+
+def write_trained_record(run_dir: Path, input_shape: list[int], n_classes: int) -> dict:
+    """The model record of the reference model trained into `run_dir` (its weights already written)."""
+    weights = layout.path(run_dir, "weights")
+    return write_record(layout.path(run_dir, "model"), {
+        "source": "trained", "format": "safetensors", "file": layout.FILES["weights"], "sha256": sha256_file(weights),
+        "size_bytes": weights.stat().st_size, "outputs": "logits", "input_shape": input_shape,
+        "n_outputs": n_classes, "capabilities": {name: None for name in CAPABILITIES}})

@@ -20,7 +20,7 @@ from sklearn.metrics import precision_recall_fscore_support
 from torch import nn
 
 from tasks.model.predict import predict_logits
-from tasks.model.run_model import write_record
+from tasks.model.run_model import write_trained_record
 from tasks.model.reference import CNNConfig, MLPConfig, ModelConfig, build_model, save_weights, set_standardisation
 from tasks.run import layout
 from tasks.run.artifacts import sha256_file
@@ -113,10 +113,7 @@ def train_model(train_path: Path, validation_path: Path, run_dir: Path, epochs: 
                 "learning_rate": LEARNING_RATE, "loss": "CrossEntropyLoss on logits",
                 "train_sha256": sha256_file(Path(train_path))}
     weights = save_weights(layout.path(run_dir, "weights"), model, config, training)
-    write_record(layout.path(run_dir, "model"), {
-        "source": "trained", "format": "safetensors", "file": layout.FILES["weights"], "sha256": sha256_file(weights),
-        "size_bytes": weights.stat().st_size, "outputs": "logits", "input_shape": list(train.inputs.shape[1:]),
-        "n_outputs": n_classes, "capabilities": {"torch_graph": None, "deepshap": None}})
+    write_trained_record(run_dir, list(train.inputs.shape[1:]), n_classes)
     files = {"weights": file_ref(weights), "model": file_ref(layout.path(run_dir, "model")),
              "metrics": write_frame(layout.path(run_dir, "metrics"), pd.DataFrame(rows)),
              "metrics_per_class": write_frame(layout.path(run_dir, "metrics_per_class"), pd.DataFrame(class_rows))}
