@@ -13,6 +13,7 @@ on the evaluation data within CONVERSION_TOLERANCE (`check_conversion`).
 from __future__ import annotations
 
 import collections
+import threading
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,8 +100,12 @@ def open_model(path: Path, fmt: str | None = None) -> ModelFile:
         raise InputError(f"--model {path}: cannot load this {fmt} file: {first_line(exc)}") from None
 
 
+_EXPORT_LOAD_LOCK = threading.Lock()  # torch.export.load keeps a global deserializer: one load at a time
+
+
 def _open_export(path: Path) -> ModelFile:
-    program = torch.export.load(str(path))
+    with _EXPORT_LOAD_LOCK:  # the SHAP shards of a run open the model in parallel threads
+        program = torch.export.load(str(path))
     signature = program.graph_signature
     users = [spec for spec in signature.input_specs if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT]
     if len(users) != 1 or len(signature.user_outputs) != 1:
