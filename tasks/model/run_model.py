@@ -43,7 +43,10 @@ class RunModel:
 
     def predict_proba(self, inputs: np.ndarray) -> np.ndarray:
         """Class probabilities (n, K), float64: what every explanation explains."""
-        outputs = self.file.run(inputs)
+        return self.probabilities(self.file.run(inputs))
+
+    def probabilities(self, outputs: np.ndarray) -> np.ndarray:
+        """The class probabilities of the model's raw outputs."""
         return torch.softmax(torch.from_numpy(outputs), dim=1).numpy() if self.logits else outputs
 
     def probability_module(self) -> nn.Module:
@@ -85,10 +88,13 @@ class RunModel:
         return self.file.module
 
     def layer_weights(self) -> list[str]:
-        """Names of the weight tensors of the layers (matrices and kernels, input to output): what the
-        cascading randomisation check re-initialises, top layer first."""
-        return [name for name, value in self.file.parameters.items()
-                if value.ndim >= 2 and np.issubdtype(value.dtype, np.floating)]
+        """Names of the file's layer weights (matrices and kernels), input to output."""
+        return weight_matrices(self.file.parameters)
+
+
+def weight_matrices(tensors: dict[str, np.ndarray]) -> list[str]:
+    """Names of the floating-point tensors with two or more dimensions (layer weights, not biases)."""
+    return [name for name, value in tensors.items() if value.ndim >= 2 and np.issubdtype(value.dtype, np.floating)]
 
 
 _TS_PROGRAMS: dict[int, tuple] = {}

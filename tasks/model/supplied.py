@@ -244,9 +244,10 @@ def convert_onnx(model: ModelFile) -> str | None:
     return None
 
 
-def check_conversion(model: ModelFile, inputs: np.ndarray) -> dict:
+def check_conversion(model: ModelFile, inputs: np.ndarray, reference: np.ndarray | None = None) -> dict:
     """Convert an ONNX model; keep the torch graph only where its outputs equal onnxruntime's on `inputs`
-    within CONVERSION_TOLERANCE. Returns what happened, for the model record."""
+    (`reference`, when the caller has them) within CONVERSION_TOLERANCE. Returns what happened, for the
+    model record."""
     reason = convert_onnx(model)
     if reason:
         model.graph_note = reason
@@ -256,7 +257,7 @@ def check_conversion(model: ModelFile, inputs: np.ndarray) -> dict:
             converted = np.concatenate([_run_padded(model.module, torch.from_numpy(inputs[i : i + BATCH]),
                                                     model.static_batch).double().numpy()
                                         for i in range(0, len(inputs), BATCH)])
-        reference = model.run(inputs)
+        reference = model.run(inputs) if reference is None else reference
         difference = (float(np.abs(converted - reference).max()) if converted.shape == reference.shape
                       else float("inf"))
     except Exception as exc:  # noqa: BLE001

@@ -127,13 +127,14 @@ def supplied_model(model_path: str, train_path: str, validation_path: str, run_d
               "n_outputs": len(train.class_names), "producer": model.producer, "input_name": model.input_name,
               "parameters": int(sum(v.size for v in model.parameters.values())), "operations": model.operations}
     every = np.concatenate([train.inputs, val.inputs])
+    raw = model.run(every)  # once: the conversion check's reference and the metrics' predictions
     if model.format == "onnx":
-        record["conversion"] = check_conversion(model, every)
+        record["conversion"] = check_conversion(model, every, raw)
     record["capabilities"] = capabilities(model, train.inputs[:2], outputs)
     record["graph"] = model.graph_note
     write_record(layout.path(run_dir, "model"), record)
 
-    probs = RunModel(model, record).predict_proba(every)
+    probs = RunModel(model, record).probabilities(raw)
     labels = np.concatenate([train.labels, val.labels])
     everything = pd.DataFrame({"source_id": train.source_ids + val.source_ids,
                                "split": ["train"] * len(train.labels) + ["validation"] * len(val.labels),

@@ -31,7 +31,7 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from tasks.deepshap.stage import ENGINES, select_background
-from tasks.model.run_model import RunModel, load_run_model
+from tasks.model.run_model import RunModel, load_run_model, weight_matrices
 from tasks.report import figures
 from tasks.report.sections import ReportData, file_of
 from tasks.run import layout
@@ -66,8 +66,7 @@ def trained_layers(model: RunModel) -> list[str]:
     """The weight tensors randomised, input to output: of the reference model its trainable convolution and
     linear layers' weights; of a supplied model every weight matrix or kernel."""
     if model.record["source"] != "trained":
-        return [name for name, value in model.weight_tensors().items()
-                if value.ndim >= 2 and np.issubdtype(value.dtype, np.floating)]
+        return weight_matrices(model.weight_tensors())
     return [f"{name}.weight" for name, m in model.file.module.named_modules()
             if isinstance(m, (nn.Conv2d, nn.Linear)) and m.weight.requires_grad]
 
