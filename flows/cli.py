@@ -208,6 +208,12 @@ def run_command(args: argparse.Namespace) -> int:
 
     dask = {"dask_address": args.dask_address, "dask_workers": args.dask_workers or 0}
     config = preflight(config, **dask)  # before Prefect starts; the flow's own preflight finds it done
+    from tasks.steps.load import check_data
+
+    # The data too, so that data that cannot work is one line in seconds, not after a server start; the
+    # run's load step takes this result.
+    check_data(config.dataset, config.seed, config.val_fraction, config.background, config.explain_rows, config.label,
+               config.model, config.outputs, keep=True)
     server = start_server_early()
     from flows.compliance_report import compliance_report  # torch, shap, ...: while the server starts
 

@@ -5,6 +5,7 @@ The split files' schema is in tasks/run/formats.py; their paths in tasks/run/lay
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,15 +21,32 @@ from tasks.run.resume import clear_partial_files
 from tasks.steps.supplied import fit_data_to_model
 
 
-def load_data(dataset: str, out: Path, seed: int, val_fraction: float, background: int = 1, explain_rows: int = 1,
-              label: str | None = None, resume: Path | None = None, model: Path | None = None,
-              outputs: str | None = None) -> dict:
-    """Read `dataset`, create the run directory, write the two splits; return their paths and hashes.
+@dataclass(frozen=True)
+class CheckedData:
+    """A dataset read, fitted to the supplied model (if any) and split: everything the load step writes."""
+
+    data: Dataset
+    supplied: dict | None  # fit_data_to_model's record of the supplied model, None when training
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+
+
+_CHECKED: dict[tuple, CheckedData] = {}  # the CLI's check, kept for its own run's load step (taken once)
+
+
+def check_data(dataset: str, seed: int, val_fraction: float, background: int = 1, explain_rows: int = 1,
+               label: str | None = None, model: Path | None = None, outputs: str | None = None,
+               keep: bool = False) -> CheckedData:
+    """Read `dataset` and split it, or InputError saying why the run cannot work with it.
 
     `background` and `explain_rows` are the later steps' needs from the training and validation
     splits: checked here, so that a run that cannot finish never creates its directory. So is a
     supplied `model` (tasks/steps/supplied.py): the data is fitted to its input and it is run on all of it.
+    The CLI calls this before Prefect's server starts (`keep=True`), and its load step takes that result.
     """
+    key = (dataset, seed, val_fraction, background, explain_rows, label, str(model), outputs)
+    if (checked := _CHECKED.pop(key, None)) is not None:
+        return checked
     data = load_dataset(dataset, label)
     supplied = None
     if model is not None:
@@ -36,6 +54,19 @@ def load_data(dataset: str, out: Path, seed: int, val_fraction: float, backgroun
     train_idx, val_idx = _stratified_split(data, seed, val_fraction)
     require_rows("background", background, "training", len(train_idx))
     require_rows("explain", explain_rows, "validation", len(val_idx))
+    checked = CheckedData(data, supplied, train_idx, val_idx)
+    if keep:
+        _CHECKED[key] = checked
+    return checked
+
+
+def load_data(dataset: str, out: Path, seed: int, val_fraction: float, background: int = 1, explain_rows: int = 1,
+              label: str | None = None, resume: Path | None = None, model: Path | None = None,
+              outputs: str | None = None) -> dict:
+    """Read and check `dataset` (`check_data`), create the run directory, write the two splits; return their
+    paths and hashes."""
+    checked = check_data(dataset, seed, val_fraction, background, explain_rows, label, model, outputs)
+    data, supplied = checked.data, checked.supplied
     if resume is not None:  # the same directory again: its split files come out byte-identical
         run_dir = Path(resume).resolve()
         clear_partial_files(run_dir)
@@ -45,7 +76,7 @@ def load_data(dataset: str, out: Path, seed: int, val_fraction: float, backgroun
               "modality": data.modality, "feature_names": data.feature_names,
               "input_shape": list(data.inputs.shape[1:]), "provenance": data.provenance, "model": supplied}
     result["files"], result["class_counts"] = {}, {}
-    for split, idx in (("train", train_idx), ("validation", val_idx)):
+    for split, idx in (("train", checked.train_idx), ("validation", checked.val_idx)):
         table = split_table(data.inputs[idx], data.labels[idx], [data.source_ids[i] for i in idx], data.class_names,
                             data.modality, data.feature_names)
         result["files"][split] = file_ref(write_parquet_atomic(layout.path(run_dir, split), table))
