@@ -94,7 +94,23 @@ def build_parser() -> argparse.ArgumentParser:
                            "need this project installed and the run directory on the same path)")
     run.add_argument("--model-card", type=Path, metavar="FILE",
                      help="YAML model card: owner, intended_use, out_of_scope_uses, limitations, risk_tier "
-                          "(also model_name, version); missing fields show as 'not provided'")
+                          "(also model_name, version, human_oversight, risk_management, post_market_monitoring, "
+                          "revalidation_triggers); 'materiality: low|medium|high' sets how deep the review goes and "
+                          "'thresholds:' the bounds of the checks; missing fields show as 'not provided'")
+    run.add_argument("--protected", metavar="COLUMN[,COLUMN]",
+                     help="protected attributes for the fairness section: columns of a csv:/parquet: table (they "
+                          "leave the model's features), or of --metadata")
+    run.add_argument("--metadata", type=Path, metavar="FILE",
+                     help="CSV of protected attributes per row, for images (or any data): a 'file' column naming "
+                          "each image or row (e.g. cat/0001.png) and the --protected columns")
+    run.add_argument("--keep-protected", action="store_true",
+                     help="tables: keep the --protected columns among the model's features")
+    run.add_argument("--challenger", type=Path, metavar="FILE",
+                     help="your own challenger model (any --model format) to benchmark against, taking the same "
+                          "inputs (default: a logistic regression trained on the same split)")
+    run.add_argument("--positive-class", metavar="NAME",
+                     help="two classes: the class scores, SHAP values and reason codes speak for (default: the second "
+                          "label, e.g. 1 of 0/1)")
     run.add_argument("--compare", type=Path, metavar="RUN_DIR",
                      help="an earlier run to compare with (default: the newest intact run of the same dataset "
                           "under --out)")
@@ -198,7 +214,9 @@ def run_command(args: argparse.Namespace) -> int:
         config = RunConfig(dataset=args.dataset, label=args.label, model=args.model, outputs=args.outputs,
                            model_card=args.model_card, compare=args.compare,
                            epochs=args.epochs, background=args.background, explain_rows=args.explain_rows,
-                           seed=args.seed, out=args.out, shap_engine=args.shap_engine, shard_size=args.shard_size)
+                           seed=args.seed, out=args.out, shap_engine=args.shap_engine, shard_size=args.shard_size,
+                           protected=args.protected or (), metadata=args.metadata, keep_protected=args.keep_protected,
+                           positive_class=args.positive_class, challenger=args.challenger)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # A busy 2-core machine (two runs at once) can take longer than Prefect's 20 s to start its local server.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
@@ -213,7 +231,8 @@ def run_command(args: argparse.Namespace) -> int:
     # The data too, so that data that cannot work is one line in seconds, not after a server start; the
     # run's load step takes this result.
     check_data(config.dataset, config.seed, config.val_fraction, config.background, config.explain_rows, config.label,
-               config.model, config.outputs, keep=True)
+               config.model, config.outputs, config.protected, config.metadata, config.keep_protected,
+               config.positive_class, config.challenger, keep=True)
     server = start_server_early()
     from flows.compliance_report import compliance_report  # torch, shap, ...: while the server starts
 

@@ -23,7 +23,7 @@ from tasks.deepshap.stage import stage_outputs
 from tasks.report.build import render_report
 from tasks.run import layout
 from tasks.run.config import RunConfig
-from tasks.run.history import previous_run
+from tasks.run.history import earlier_runs, previous_run
 from tasks.run.provenance import environment
 from tasks.run.resume import record_run
 from tasks.steps.compare import compare_runs
@@ -57,6 +57,11 @@ def compliance_report(
     compare: str | None = None,
     resume: str | None = None,
     shard_size: int | None = RunConfig.shard_size,
+    protected: list[str] | None = None,
+    metadata: str | None = None,
+    keep_protected: bool = False,
+    positive_class: str | None = None,
+    challenger: str | None = None,
     shap_deployment: str | None = None,
     dask_address: str | None = None,
     dask_workers: int = 0,
@@ -71,10 +76,13 @@ def compliance_report(
     config = preflight(RunConfig(dataset=dataset, label=label, model=model, outputs=outputs, epochs=epochs,
                                  background=background, explain_rows=explain_rows, seed=seed, out=Path(out),
                                  shap_engine=shap_engine, model_card=model_card, compare=compare, resume=resume,
-                                 shard_size=shard_size),
+                                 shard_size=shard_size, protected=tuple(protected or ()), metadata=metadata,
+                                 keep_protected=keep_protected, positive_class=positive_class, challenger=challenger),
                        dask_address, dask_workers)
     loaded = load_step(config.dataset, config.out, config.seed, config.val_fraction, config.background,
-                       config.explain_rows, config.label, config.resume, config.model, config.outputs)
+                       config.explain_rows, config.label, config.resume, config.model, config.outputs,
+                       config.protected, config.metadata, config.keep_protected, config.positive_class,
+                       config.challenger)
     run_dir = loaded["run_dir"]
     record_run(run_dir, {k: v for k, v in config.to_json().items() if k != "resume"})
     results = {"load": loaded}
@@ -89,20 +97,21 @@ def compliance_report(
     stage_parameters = {"run_dir": run_dir, "background": config.background, "rows": config.explain_rows,
                         "seed": config.seed, "engine": config.shap_engine, "shard_size": config.shard_size,
                         "dask_address": dask_address, "dask_workers": dask_workers}
+    results["model-card"] = resumable(model_card_step, run_dir)(config.model_card, run_dir)
     started = time.perf_counter()
     results["deepshap"] = (shap_on_deployment(shap_deployment, stage_parameters) if shap_deployment
                            else deepshap_flow(**stage_parameters))
     results["deepshap"][WALL_SECONDS] = round(time.perf_counter() - started, 3)
     capabilities = json.loads(layout.path(run_dir, "model").read_text())["capabilities"]
     for technique in run_order(applicable(loaded["modality"])):
-        if reason := unavailable(technique, capabilities):
+        if reason := unavailable(technique, capabilities, results["model-card"]["materiality"]):
             results[technique.name] = {"skipped": reason}
             continue
         technique_step = resumable(step(technique.step, technique.name, tags=list(technique.tags)), run_dir)
         results[technique.name] = technique_step(run_dir, layout.paths(run_dir, technique.reads), config.seed)
-    results["model-card"] = resumable(model_card_step, run_dir)(config.model_card, run_dir)
     previous = config.compare or previous_run(config.out, config.dataset, Path(run_dir))
     results["compare"] = resumable(compare_step, run_dir)(run_dir, previous)
+    results["history"] = [str(p) for p in earlier_runs(config.out, config.dataset, Path(run_dir))]
     url = flow_run.get_flow_run_ui_url()
     run_info = {"id": flow_run.get_id(), "name": flow_run.get_name(),
                 "url": url if url and not url.startswith("None") else "none (Prefect's ephemeral server has no UI)"}

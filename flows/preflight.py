@@ -48,6 +48,16 @@ def _check(config: RunConfig, dask_address: str | None, dask_workers: int) -> Ru
         if config.shap_engine == "shap" and fmt != "safetensors":
             raise InputError(f"--shap-engine shap needs the model as PyTorch modules; --model {resolved['model']} is "
                              f"a {fmt} file: use the default engine, which reads its graph")
+    if config.challenger is not None:
+        resolved["challenger"] = config.challenger.expanduser().resolve()
+        try:
+            detect_format(resolved["challenger"])
+        except InputError as exc:
+            raise InputError(str(exc).replace("--model", "--challenger", 1)) from None
+    if config.metadata is not None:
+        resolved["metadata"] = config.metadata.expanduser().resolve()
+        if not resolved["metadata"].is_file():
+            raise InputError(f"--metadata {resolved['metadata']} does not exist or is not a file")
     if config.model_card is not None:
         resolved["model_card"] = config.model_card.expanduser().resolve()
         read_model_card(resolved["model_card"])

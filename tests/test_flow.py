@@ -20,9 +20,12 @@ SECTIONS = ("Model compliance report", "1. Purpose and use", "Summary", "Model c
             "Model-agnostic SHAP (Kernel SHAP)", "LIME", "Explanation quality: the checks", "Additivity",
             "Randomisation sanity check", "Stability", "Method agreement", "5. Limitations",
             "6. Monitoring and changes", "7. Reproducibility", "Wall time per step", "Where the SHAP values were computed",
-            "Sign-off")
-TASKS = ["compare", "deepshap", "faithfulness", "gradients", "kernel-shap", "lime", "load", "method-agreement",
-         "model-card", "permutation-importance", "report", "slices", "train", "weights"]
+            "Calibration", "Expected calibration error", "Robustness to perturbations", "Challenger model",
+            "Fairness across protected groups", "Revalidation triggers",
+            "Appendix: traceability to regulatory clauses", "What the owner documents", "Sign-off")
+TASKS = ["calibration", "challenger", "compare", "deepshap", "fairness", "faithfulness", "gradients", "kernel-shap",
+         "lime", "load", "method-agreement", "model-card", "permutation-importance", "report", "robustness", "slices",
+         "train", "weights"]
 
 
 def pdf_text(path) -> str:
@@ -35,10 +38,29 @@ def flow_result(digits_run):
     return digits_run
 
 
+def breast_cancer_with_a_protected_column(root: Path) -> str:
+    """breast-cancer as a CSV with text labels and a synthetic protected column, "site", tied to the label (most
+    malignant rows from site A): a model that finds malignancy selects site A far more often. Its dataset spec."""
+    import numpy as np
+    import pandas as pd
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer()
+    rng = np.random.default_rng(0)
+    malignant = data.target == 0
+    site = np.where(rng.random(len(malignant)) < np.where(malignant, 0.85, 0.25), "A", "B")
+    frame = pd.DataFrame(data.data, columns=data.feature_names)
+    frame["diagnosis"], frame["site"] = np.where(malignant, "malignant", "benign"), site
+    path = root / "breast_cancer_sites.csv"
+    frame.to_csv(path, index=False)
+    return f"csv:{path}"
+
+
 @pytest.fixture(scope="module")
 def table_flow_result(prefect_server, tmp_path_factory):
-    return run_report(tmp_path_factory.mktemp("table-reports"), dataset="breast-cancer", epochs=3, background=40,
-                      explain_rows=6)
+    spec = breast_cancer_with_a_protected_column(tmp_path_factory.mktemp("table-data"))
+    return run_report(tmp_path_factory.mktemp("table-reports"), dataset=spec, label="diagnosis", protected=["site"],
+                      epochs=3, background=40, explain_rows=6)
 
 
 @pytest.mark.slow
@@ -118,12 +140,27 @@ def test_a_breast_cancer_report_has_every_technique_for_tables(table_flow_result
     assert state.is_completed()
     text = pdf_text(result["pdf"])
     for section in SECTIONS + ("Misclassified rows", "Partial dependence and ICE", "Features (training split)",
-                               "Reason codes", "Reference MLP"):
+                               "Reason codes for 'malignant'", "Reference MLP", "Parity difference", "by site",
+                               "the positive class 'malignant'"):
         assert section in text, section
     assert "mean radius" in text and "image region" not in text  # feature names flow into the report
+    assert "Gaussian noise" in text and "replaced by its training mean" in text
+    assert "Protected attributes (section 3, fairness): site; not among the model's features" in text
+    checks = {c["id"]: c for c in json.loads((Path(result["run_dir"]) / "manifest.json").read_text())["checks"]}
+    assert set(checks) >= {"calibration.ece", "robustness.min_strength", "challenger.margin",
+                           "fairness.selection_rate_ratio", "fairness.equalized_odds"}
+    assert not checks["fairness.selection_rate_ratio"]["passed"]  # site A is selected far more often
+    limitations = text[text.index("5. Limitations"):text.index("6. Monitoring and changes")]
+    assert "fail the four-fifths rule" in limitations or "by site, the selection rate of 'malignant'" in limitations
+    appendix = text[text.index("Appendix: traceability"):]
+    for check_id in checks:
+        assert check_id in appendix, check_id
+    assert "Annex IV 2(g) potentially discriminatory impacts" in appendix
+    assert "to be provided by the owner" in appendix
     run_dir = Path(result["run_dir"])
     for key in ("permutation_importance", "partial_dependence", "slices", "agreement", "kernel_shap", "lime",
-                "gradients"):
+                "gradients", "calibration", "robustness", "robustness_missing", "fairness", "fairness_groups",
+                "challenger", "challenger_weights", "card_record"):
         assert layout.path(run_dir, key).is_file(), key
     importance = pq.read_table(layout.path(run_dir, "permutation_importance")).to_pandas()
     assert sorted(importance["name"]) == sorted(load_breast_cancer().feature_names)
@@ -138,7 +175,19 @@ def test_the_second_run_compares_with_the_first_and_shows_the_model_card(table_f
     out = Path(first["run_dir"]).parent
     card = tmp_path / "card.yaml"
     card.write_text('owner: "<link rel=stylesheet href=file:///etc/passwd> risk team"\nrisk_tier: high\n')
-    _, second = run_report(out, dataset="breast-cancer", epochs=1, background=40, explain_rows=6, model_card=str(card))
+    parameters = json.loads(layout.path(first["run_dir"], "run_record").read_text())
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from tests.test_supplied import sklearn_onnx
+
+    data = load_breast_cancer()  # the owner's challenger: a scikit-learn pipeline exported to ONNX
+    challenger = sklearn_onnx(make_pipeline(StandardScaler(), LogisticRegression()), data.data.astype("float32"),
+                              (data.target == 0).astype(int), tmp_path / "challenger.onnx")  # 1: malignant
+    _, second = run_report(out, dataset=parameters["dataset"], label="diagnosis", protected=["site"], epochs=1,
+                           background=40, explain_rows=6, model_card=str(card), challenger=str(challenger))
     text = pdf_text(second["pdf"])
     assert f"Compared with the previous run {Path(first['run_dir']).name}" in text
     before, now = first["validation_accuracy"], second["validation_accuracy"]
@@ -147,5 +196,13 @@ def test_the_second_run_compares_with_the_first_and_shows_the_model_card(table_f
     assert "<link rel=stylesheet href=file:///etc/passwd> risk team" in text and "Risk tier high" in text
     assert "Intended use not provided" in text
     assert "nothing to compare with" in pdf_text(first["pdf"])
+    assert "Outcomes over time" in text and "Outcomes over time" not in pdf_text(first["pdf"])
+    assert "The challenger named by the owner" in text and "challenger.onnx, onnx" in text
+    assert layout.path(second["run_dir"], "challenger_model").read_bytes() == challenger.read_bytes()
+    owner = second["results"]["challenger"]
+    assert owner["owner_supplied"] and owner["metrics"][1]["accuracy"] > 0.9  # classes: benign, malignant
+    outcomes = pq.read_table(layout.path(second["run_dir"], "outcomes")).to_pandas()
+    assert list(outcomes["run"]) == [Path(first["run_dir"]).name, Path(second["run_dir"]).name]
+    assert outcomes["accuracy"].round(6).tolist() == [round(before, 6), round(now, 6)]
     summary = json.loads(layout.path(second["run_dir"], "comparison_summary").read_text())
     assert summary["previous"] == Path(first["run_dir"]).name and summary["shared_rows"] == 114

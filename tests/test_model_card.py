@@ -25,7 +25,8 @@ def test_fields_are_read_and_missing_ones_are_not_provided(tmp_path):
 def test_no_card_means_every_field_not_provided(tmp_path):
     stored = store_model_card(None, tmp_path)
     assert not stored["provided"] and all(f["missing"] for f in stored["fields"])
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["model_card.json"]  # the defaults in force, for the techniques
+    assert stored["materiality"] == "high" and not stored["materiality_stated"]
 
 
 @pytest.mark.parametrize("text, message", [

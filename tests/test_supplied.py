@@ -233,7 +233,7 @@ def test_a_gradient_boosting_model_in_onnx_gets_the_model_agnostic_techniques_an
     path, result = trees_run
     run_dir, results = Path(result["run_dir"]), result["results"]
     assert "train" not in results and results["model"]["format"] == "onnx"
-    assert results["gradients"]["skipped"].startswith("no torch graph: onnx2torch cannot convert")
+    assert results["gradients"]["skipped"].startswith("Not available for this model: no torch graph: onnx2torch cannot")
     assert results["faithfulness"]["skipped"] == results["gradients"]["skipped"]
     for ran in ("weights", "slices", "permutation-importance", "partial-dependence", "kernel-shap", "lime"):
         assert "files" in results[ran], ran

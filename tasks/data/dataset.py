@@ -23,6 +23,7 @@ class Dataset:
 
     modality: str = "image"  # image | table
     feature_names: list[str] = field(default_factory=list)  # tables: one per column of `inputs`
+    groups: dict[str, list[str]] = field(default_factory=dict)  # protected attribute -> each row's group
 
 
 def validate_dataset(dataset: Dataset) -> None:
@@ -42,6 +43,10 @@ def validate_dataset(dataset: Dataset) -> None:
                          "a report could not show them")
     if dataset.labels.min() < 0 or dataset.labels.max() >= k:
         raise InputError(f"dataset {dataset.name} has labels outside 0..{k - 1}")
+    for attribute, values in dataset.groups.items():
+        if len(values) != n:
+            raise InputError(f"dataset {dataset.name}: protected attribute {attribute!r} has {len(values)} values "
+                             f"for {n} rows")
     counts = np.bincount(dataset.labels, minlength=k)
     present = int((counts > 0).sum())
     if present < 2:

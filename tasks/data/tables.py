@@ -18,6 +18,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from tasks.data.dataset import Dataset
+from tasks.data.protected import table_groups
 from tasks.run.artifacts import sha256_file
 from tasks.run.errors import InputError, first_line
 
@@ -42,10 +43,18 @@ def load_breast_cancer() -> Dataset:
     )
 
 
-def load_table_file(kind: str, path: Path, label: str) -> Dataset:
-    """Read a CSV or Parquet file of numeric features and a label column into a `Dataset`."""
+def load_table_file(kind: str, path: Path, label: str, protected: tuple[str, ...] = (),
+                    keep_protected: bool = False) -> Dataset:
+    """Read a CSV or Parquet file of numeric features and a label column into a `Dataset`; `protected`
+    columns become its groups (tasks/data/protected.py), and leave the features unless `keep_protected`."""
     table = _read_csv(path) if kind == "csv" else _read_parquet(path)
+    groups = table_groups(table, protected, f"{kind}:{path}") if protected else {}
+    if protected and label in protected:
+        raise InputError(f"{kind}:{path}: the label column {label!r} cannot also be a protected attribute")
+    if not keep_protected:
+        table = table.drop_columns(list(protected))
     dataset = table_to_dataset(table, label, f"{kind}:{path}", path.name)
+    dataset.groups = groups
     dataset.provenance["input_sha256"] = {path.name: sha256_file(path)}
     return dataset
 

@@ -22,13 +22,17 @@ from tasks.report.narrative import (describe_mistake, describe_table_mistake, fe
                                     reason_codes)
 from tasks.report.render import RunFilesFetcher, render_pdf
 from tasks.report.sections import ReportData, comparison_section
+from tasks.report.traceability import traceability
+from tasks.report.validator_figures import outcomes_over_time
 from tasks.run import layout
 from tasks.run.artifacts import build_manifest, write_json_atomic, write_manifest
 from tasks.run.checks import Check, failed
 from tasks.run.checks import limitations as check_limitations
-from tasks.run.formats import file_ref, read_shap_values, read_split
+from tasks.run.formats import file_ref, read_shap_values, read_split, write_frame
+from tasks.run.history import key_metrics
 from tasks.steps.model_card import store_model_card
 from tasks.techniques import registry
+from tasks.techniques.positive import run_positive_index
 
 MAX_SAMPLE_IMAGES = 8
 
@@ -48,9 +52,10 @@ def case_studies(data: ReportData, expected: list[float]) -> list[dict]:
         probs = np.asarray(row.probabilities)
         values = data.values[row.position]
         path = data.figure(f"shap_{row.position:04d}.png")
+        shown = row.predicted if data.positive is None else data.positive  # binary: always the positive class
         if is_table:
-            title = f"{row.source_id}: SHAP values for '{names[row.predicted]}' ({probs[row.predicted]:.2f})"
-            figures.feature_bars(values[row.predicted], val.feature_names, title, path)
+            title = f"{row.source_id}: SHAP values for '{names[shown]}' ({probs[shown]:.2f})"
+            figures.feature_bars(values[shown], val.feature_names, title, path)
         else:
             titles = [f"{name[:12]} {probs[k]:.2f}" for k, name in enumerate(names)]
             heading = f"true {names[row.label][:12]}\npred {names[row.predicted][:12]}"
@@ -58,8 +63,9 @@ def case_studies(data: ReportData, expected: list[float]) -> list[dict]:
         case = {"position": row.position, "source_id": row.source_id, "true": names[row.label],
                 "predicted": names[row.predicted], "confidence": float(row.confidence),
                 "correct": row.label == row.predicted, "additivity_error": float(row.additivity_error),
-                "figure": data.rel(path),
-                "reasons": reason_codes(values[row.predicted], x, val.feature_names) if is_table else []}
+                "figure": data.rel(path), "shown": names[shown], "expected": float(expected[shown]),
+                "probability": float(probs[shown]),
+                "reasons": reason_codes(values[shown], x, val.feature_names) if is_table else []}
         if not case["correct"]:
             case["narrative"] = (
                 describe_table_mistake(values, x, row.label, row.predicted, names, probs, val.feature_names)
@@ -86,8 +92,10 @@ def render_report(run_dir: Path, results: dict, params: dict, environment: dict,
     supplied = model.record["source"] == "supplied"
     values, values_meta = read_shap_values(layout.path(run_dir, "shap_values"))
     expected = json.loads(values_meta["accountability.expected_values"])
-    data = ReportData(run_dir, read_split(layout.path(run_dir, "train")), read_split(layout.path(run_dir, "validation")),
-                      pd.read_parquet(layout.path(run_dir, "explained")), values, model)
+    validation = read_split(layout.path(run_dir, "validation"))
+    data = ReportData(run_dir, read_split(layout.path(run_dir, "train")), validation,
+                      pd.read_parquet(layout.path(run_dir, "explained")), values, model,
+                      run_positive_index(layout.path(run_dir, "run_record"), validation.class_names))
     names, is_table = data.names, data.modality == "table"
     metrics = pd.read_parquet(layout.path(run_dir, "metrics"))
     per_class = pd.read_parquet(layout.path(run_dir, "metrics_per_class"))
@@ -129,6 +137,7 @@ def render_report(run_dir: Path, results: dict, params: dict, environment: dict,
             "classes": [{"name": n, "train": t, "validation": v} for n, t, v in
                         zip(names, load["class_counts"]["train"], load["class_counts"]["validation"])],
             "input_shape": load["input_shape"], "provenance": load["provenance"],
+            "protected": load.get("protected") or {"attributes": [], "kept_as_features": False},
             "samples": data.rel(samples) if samples else None,
             "features": feature_summary(data.train) if is_table else [],
         },
@@ -149,7 +158,9 @@ def render_report(run_dir: Path, results: dict, params: dict, environment: dict,
         "sections": {t.name: (results[t.name] if "skipped" in results.get(t.name, {}) else
                               t.section(data, results.get(t.name))) for t in shown},
         "comparison": comparison_section(results.get("compare")),
+        "outcomes": outcomes_section(data, results.get("history") or [], final, checks),
         "model_card": model_card,
+        "positive": names[data.positive] if data.positive is not None else None,
         "quality": {
             "max": float(errors.max()), "mean": float(errors.mean()), "threshold": additivity.threshold,
             "over": int((errors > additivity.threshold).sum()), "expected": expected,
@@ -168,6 +179,9 @@ def render_report(run_dir: Path, results: dict, params: dict, environment: dict,
         "class_names": names,
         "modality": data.modality,
     }
+    skipped = {name: result["skipped"] for name, result in results.items()
+               if isinstance(result, dict) and "skipped" in result}
+    context["traceability"] = traceability(context["checks"], skipped, model_card["fields"])
     extra = {"parameters": params, "flow_run": flow_run, "checks": context["checks"], "step_seconds": timings or {}}
     # Every file so far (figures included), hashed: the PDF embeds this list; manifest.json, written
     # after the PDF, adds the PDF itself.
@@ -183,6 +197,20 @@ def render_report(run_dir: Path, results: dict, params: dict, environment: dict,
             "checks_failed": len(context["failed_checks"]), "n_checks": len(checks),
             "failed": [f"{c['method']}: {c['property']}" for c in context["failed_checks"]],
             "limitations": len(context["limitations"])}
+
+
+def outcomes_section(data: ReportData, history: list[str], final: dict, checks: list[Check]) -> dict | None:
+    """Key metrics across the earlier runs of the dataset and this one (None: no earlier run)."""
+    if not history:
+        return None
+    rows = [{"run": Path(run).name, **key_metrics(Path(run))} for run in history]
+    rows.append({"run": data.run_dir.name, "accuracy": float(final["accuracy"]), "f1_macro": float(final["f1_macro"]),
+                 "checks_failed": len(failed(checks))})
+    table = pd.DataFrame(rows)
+    table.insert(1, "date", [f"{r[:4]}-{r[4:6]}-{r[6:8]} {r[9:11]}:{r[11:13]}" for r in table["run"]])
+    write_frame(layout.path(data.run_dir, "outcomes"), table)
+    figure = outcomes_over_time(table[["run", "date", "accuracy", "f1_macro"]], data.figure("outcomes.png"))
+    return {"rows": table.to_dict("records"), "figure": data.rel(figure)}
 
 
 MAX_OPERATIONS = 20  # rows of the model section's operation table

@@ -18,7 +18,7 @@ from tasks.run.artifacts import atomic_path  # noqa: E402
 DPI = 110
 
 
-def _save(fig: plt.Figure, path: Path, tight: bool = True) -> Path:
+def save_figure(fig: plt.Figure, path: Path, tight: bool = True) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight" if tight else None)
     plt.close(fig)
@@ -41,7 +41,7 @@ def sample_grid(images: np.ndarray, labels: np.ndarray, class_names: list[str], 
             if j < len(idx):
                 ax.imshow(to_display(images[idx[j]]), cmap="gray", vmin=0, vmax=1)
         row[0].set_title(class_names[k][:20], fontsize=7, loc="left")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def training_curves(metrics: pd.DataFrame, path: Path) -> Path:
@@ -60,7 +60,7 @@ def training_curves(metrics: pd.DataFrame, path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str], path: Path) -> Path:
@@ -74,7 +74,7 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[s
     ax.tick_params(labelsize=7)
     plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 class ShapImagePlots:
@@ -139,7 +139,7 @@ def additivity_histogram(errors: np.ndarray, threshold: float, path: Path) -> Pa
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def gradient_grid(images: np.ndarray, saliency: np.ndarray, ig: np.ndarray, titles: list[str], path: Path) -> Path:
@@ -159,7 +159,7 @@ def gradient_grid(images: np.ndarray, saliency: np.ndarray, ig: np.ndarray, titl
         for ax in row:
             ax.axis("off")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _signed_colors(values: np.ndarray) -> list[str]:
@@ -178,7 +178,7 @@ def importance_bars(table: pd.DataFrame, path: Path, title: str, top: int = 20) 
     ax.set_title(title, fontsize=8)
     ax.tick_params(labelsize=6)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def pdp_ice(curves: pd.DataFrame, class_names: list[str], path: Path, max_ice: int = 60) -> Path:
@@ -203,7 +203,7 @@ def pdp_ice(curves: pd.DataFrame, class_names: list[str], path: Path, max_ice: i
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=5)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def global_importance_bars(mean_abs: np.ndarray, feature_names: list[str], class_names: list[str], path: Path,
@@ -219,7 +219,7 @@ def global_importance_bars(mean_abs: np.ndarray, feature_names: list[str], class
     ax.tick_params(labelsize=6)
     ax.legend(fontsize=6)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def global_importance_maps(maps: np.ndarray, class_names: list[str], path: Path) -> Path:
@@ -233,7 +233,7 @@ def global_importance_maps(maps: np.ndarray, class_names: list[str], path: Path)
     bar = fig.colorbar(im, ax=list(axes[0]), orientation="horizontal", fraction=0.06, pad=0.04, aspect=60)
     bar.set_label("mean |SHAP value| per pixel", fontsize=6)
     bar.ax.tick_params(labelsize=5)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def feature_bars(values: np.ndarray, feature_names: list[str], title: str, path: Path, top: int = 10,
@@ -247,7 +247,7 @@ def feature_bars(values: np.ndarray, feature_names: list[str], title: str, path:
     ax.set_xlabel(xlabel, fontsize=6)
     ax.tick_params(labelsize=6)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def attribution_heatmap(matrix: np.ndarray, row_labels: list[str], feature_names: list[str], path: Path,
@@ -263,7 +263,7 @@ def attribution_heatmap(matrix: np.ndarray, row_labels: list[str], feature_names
     ax.set_title(title, fontsize=7)
     fig.colorbar(im, ax=ax, fraction=0.03).ax.tick_params(labelsize=5)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def method_maps(images: np.ndarray, maps: dict[str, np.ndarray], titles: list[str], path: Path) -> Path:
@@ -281,7 +281,7 @@ def method_maps(images: np.ndarray, maps: dict[str, np.ndarray], titles: list[st
         for ax in row:
             ax.axis("off")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def agreement_matrix(matrix: pd.DataFrame, path: Path) -> Path:
@@ -296,7 +296,7 @@ def agreement_matrix(matrix: pd.DataFrame, path: Path) -> Path:
     ax.set_title("mean rank correlation of attributions", fontsize=7)
     fig.colorbar(im, ax=ax, fraction=0.04).ax.tick_params(labelsize=5)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def slice_bars(slices: pd.DataFrame, overall: float, path: Path) -> Path:
@@ -311,7 +311,7 @@ def slice_bars(slices: pd.DataFrame, overall: float, path: Path) -> Path:
     ax.tick_params(labelsize=5)
     ax.legend(fontsize=6)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def randomisation_curve(table: pd.DataFrame, threshold: float, path: Path) -> Path:
@@ -330,7 +330,7 @@ def randomisation_curve(table: pd.DataFrame, threshold: float, path: Path) -> Pa
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def deletion_insertion_curves(curves: pd.DataFrame, path: Path) -> Path:
@@ -349,7 +349,7 @@ def deletion_insertion_curves(curves: pd.DataFrame, path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def weight_histograms(layers: dict[str, np.ndarray], path: Path, most: int = 32) -> Path:
@@ -365,7 +365,7 @@ def weight_histograms(layers: dict[str, np.ndarray], path: Path, most: int = 32)
     for ax in axes.ravel()[len(layers):]:
         ax.axis("off")
     fig.tight_layout()
-    return _save(fig, path, tight=False)
+    return save_figure(fig, path, tight=False)
 
 
 def first_conv_filters(weights: np.ndarray, path: Path) -> Path:
@@ -382,4 +382,4 @@ def first_conv_filters(weights: np.ndarray, path: Path) -> Path:
         ax.axis("off")
     fig.suptitle(f"first convolution: {len(weights)} filters of {weights.shape[1]}x{weights.shape[2]}x{weights.shape[3]}",
                  fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)

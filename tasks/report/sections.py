@@ -32,6 +32,7 @@ class ReportData:
     explained: pd.DataFrame  # the SHAP stage's explained rows (deepshap/explained.parquet)
     values: np.ndarray  # their DeepSHAP values, (n, K, *input_shape)
     model: RunModel  # the run's model (tasks/model/run_model.py)
+    positive: int | None = None  # binary models: the class explanations speak for (tasks/techniques/positive.py)
 
     @property
     def names(self) -> list[str]:
@@ -64,15 +65,19 @@ def global_shap_section(data: ReportData, result: dict | None = None) -> dict:
     """Mean |SHAP| over the explained rows, per class: bars per feature (tables) or maps per pixel (images)."""
     values, split = data.values, data.validation
     mean_abs = np.abs(values).mean(0)  # (K, *shape)
+    classes = list(split.class_names)
+    if data.positive is not None:  # the other class's values are the negatives of these
+        mean_abs, classes = mean_abs[[data.positive]], [classes[data.positive]]
     path = data.figure("global_shap.png")
     if split.modality == "table":
-        figure = figures.global_importance_bars(mean_abs, split.feature_names, split.class_names, path)
+        figure = figures.global_importance_bars(mean_abs, split.feature_names, classes, path)
         total = mean_abs.sum(0)
         top = [{"name": split.feature_names[i], "value": float(total[i])} for i in np.argsort(-total)[:TOP_TABLE_ROWS]]
     else:
-        figure = figures.global_importance_maps(mean_abs.sum(1), split.class_names, path)
+        figure = figures.global_importance_maps(mean_abs.sum(1), classes, path)
         top = []
-    return {"figure": data.rel(figure), "top": top, "n": len(values)}
+    return {"figure": data.rel(figure), "top": top, "n": len(values),
+            "positive": classes[0] if data.positive is not None else None}
 
 
 def comparison_section(analysis: dict | None) -> dict | None:

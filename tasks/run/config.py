@@ -32,6 +32,11 @@ class RunConfig:
     model_card: Path | None = None  # YAML model card (owner, intended use, ...), shown in the report
     compare: Path | None = None  # an earlier run to compare with; None: the newest one of the dataset in `out`
     resume: Path | None = None  # an unfinished run directory to finish (its finished steps are reused)
+    protected: tuple[str, ...] = ()  # protected attributes for the fairness assessment (tasks/data/protected.py)
+    metadata: Path | None = None  # CSV of protected attributes per row ('file' column); else a table's own columns
+    keep_protected: bool = False  # tables: keep the protected columns among the model's features
+    challenger: Path | None = None  # the owner's challenger model file (--model formats); None: logistic regression
+    positive_class: str | None = None  # binary data: the class scores and explanations speak for; None: the second
 
     def __post_init__(self) -> None:
         for name in ("epochs", "background", "explain_rows", "batch_size", "shard_size"):
@@ -49,14 +54,22 @@ class RunConfig:
         parse_dataset_spec(self.dataset, self.label)
         if self.outputs not in (None, *OUTPUT_KINDS):
             raise InputError(f"--outputs must be one of {', '.join(OUTPUT_KINDS)}, got {self.outputs!r}")
-        for name in ("out", "model", "model_card", "compare", "resume"):
+        for name in ("out", "model", "model_card", "compare", "resume", "metadata", "challenger"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value))
+        protected = self.protected.split(",") if isinstance(self.protected, str) else list(self.protected or ())
+        protected = tuple(str(name).strip() for name in protected)
+        if any(not name for name in protected) or len(set(protected)) != len(protected):
+            raise InputError(f"--protected must name distinct columns, separated by commas, got {self.protected!r}")
+        object.__setattr__(self, "protected", protected)
+        if self.metadata is not None and not protected:
+            raise InputError("--metadata gives protected attributes: name them with --protected COLUMN[,COLUMN]")
 
     def to_json(self) -> dict:
         """Plain JSON-able parameters, as recorded in run.json, the manifest and the report."""
         values = asdict(self)
-        for key in ("out", "model", "model_card", "compare", "resume"):
+        for key in ("out", "model", "model_card", "compare", "resume", "metadata", "challenger"):
             values[key] = str(values[key]) if values[key] is not None else None
+        values["protected"] = list(self.protected)
         return values

@@ -8,6 +8,7 @@ Split file schema (``data/train.parquet``, ``data/validation.parquet``):
 | label       | int64                           | index into the class names                       |
 | inputs      | fixed_size_list<float32>[size]  | images: pixels, channel-first, values in [0, 1]; |
 |             |                                 | tables: the feature values, in column order      |
+| protected:A | string (optional, one per A)    | the row's group of protected attribute A         |
 
 File metadata: ``accountability.class_names`` (JSON list), ``accountability.input_shape``
 (JSON ``[C, H, W]`` or ``[n_features]``), ``accountability.modality`` (``image`` | ``table``),
@@ -44,6 +45,7 @@ META_DEVICE = b"accountability.device"
 META_WORKER = b"accountability.worker"
 META_PLAYERS = b"accountability.players"
 META_SEED = b"accountability.seed"
+PROTECTED_PREFIX = "protected:"  # split columns holding protected attributes' groups
 
 
 def file_ref(path: Path | str) -> dict:
@@ -67,6 +69,7 @@ class Split:
     class_names: list[str]
     modality: str = "image"  # image | table
     feature_names: list[str] = field(default_factory=list)  # tables: one per column of `inputs`
+    groups: dict[str, list[str]] = field(default_factory=dict)  # protected attribute -> each row's group
 
     def rows_of(self, source_ids) -> np.ndarray:
         """The inputs of the rows with these source ids, in their order."""
@@ -88,11 +91,14 @@ def float32_rows(column: pa.ChunkedArray, shape: list[int]) -> np.ndarray:
 
 
 def split_table(inputs: np.ndarray, labels: np.ndarray, source_ids: list[str], class_names: list[str],
-                modality: str = "image", feature_names: list[str] | None = None) -> pa.Table:
+                modality: str = "image", feature_names: list[str] | None = None,
+                groups: dict[str, list[str]] | None = None) -> pa.Table:
     """The Parquet table for one split, with the schema documented above."""
     table = pa.table({"source_id": pa.array(source_ids, type=pa.string()),
                       "label": pa.array(labels.astype(np.int64), type=pa.int64()),
-                      "inputs": float32_column(inputs)})
+                      "inputs": float32_column(inputs),
+                      **{PROTECTED_PREFIX + name: pa.array(values, type=pa.string())
+                         for name, values in (groups or {}).items()}})
     return table.replace_schema_metadata({
         META_CLASSES: json.dumps(class_names).encode(),
         META_SHAPE: json.dumps(list(inputs.shape[1:])).encode(),
@@ -119,6 +125,8 @@ def read_split(path: Path | str) -> Split:
         class_names=json.loads(meta[META_CLASSES]),
         modality=meta[META_MODALITY].decode(),
         feature_names=json.loads(meta[META_FEATURES]),
+        groups={name[len(PROTECTED_PREFIX):]: table.column(name).to_pylist() for name in table.column_names
+                if name.startswith(PROTECTED_PREFIX)},
     )
 
 

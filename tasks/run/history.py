@@ -53,3 +53,28 @@ def check_previous_run(run_dir: Path, dataset: str) -> Path:
     if problems:
         raise InputError(f"--compare {run_dir} fails verification ({problems[0]}); it cannot be compared with")
     return run_dir
+
+
+def earlier_runs(out: Path, dataset: str, current: Path, most: int = 12) -> list[Path]:
+    """Up to `most` finished, intact runs of `dataset` under `out` before `current`, oldest first."""
+    found = []
+    if not Path(out).is_dir():
+        return found
+    for run_dir in sorted(Path(out).iterdir(), key=lambda p: p.name, reverse=True):
+        if len(found) == most:
+            break
+        if (run_dir.is_dir() and run_dir.name < Path(current).name and comparable(_recorded(run_dir), dataset)
+                and not verify_run(run_dir)):
+            found.append(run_dir)
+    return found[::-1]
+
+
+def key_metrics(run_dir: Path) -> dict:
+    """A finished run's validation accuracy and macro F1 (its last epoch) and its count of failed checks."""
+    import pandas as pd
+
+    metrics = pd.read_parquet(layout.path(run_dir, "metrics"))
+    last = metrics[metrics["split"] == "validation"].sort_values("epoch").iloc[-1]
+    checks = (_recorded(run_dir) or {}).get("checks") or []
+    return {"accuracy": float(last["accuracy"]), "f1_macro": float(last["f1_macro"]),
+            "checks_failed": sum(1 for c in checks if isinstance(c, dict) and not c.get("passed", True))}

@@ -39,6 +39,16 @@ FILES = {  # key -> path relative to the run directory
     "partial_dependence": "analysis/partial_dependence.parquet",
     "slices": "analysis/slices.parquet",
     "agreement": "analysis/agreement.parquet",
+    # What validators check beyond explanations
+    "calibration": "analysis/calibration.parquet",
+    "robustness": "analysis/robustness.parquet",
+    "robustness_missing": "analysis/robustness_missing.parquet",
+    "fairness": "analysis/fairness.parquet",
+    "fairness_groups": "analysis/fairness_groups.parquet",
+    "challenger": "analysis/challenger.parquet",
+    "challenger_weights": "model/challenger.safetensors",  # the built-in challenger
+    "challenger_model": "model/challenger_model",  # or the owner's (--challenger), a copy, any --model format
+    "outcomes": "analysis/outcomes.parquet",
     # Faithfulness evidence
     "randomisation": "quality/randomisation.parquet",
     "deletion_insertion": "quality/deletion_insertion.parquet",
@@ -50,7 +60,8 @@ FILES = {  # key -> path relative to the run directory
     "comparison_predictions": "comparison/predictions.parquet",
     "comparison_summary": "comparison/summary.json",
     # The report
-    "model_card": "model_card.yaml",
+    "model_card": "model_card.yaml",  # the owner's card, as given
+    "card_record": "model_card.json",  # what the run holds the model to: thresholds, materiality
     "artifacts": "artifacts.json",  # every file written before the PDF, with its SHA-256; embedded in the PDF
     "report": "report.pdf",
     "manifest": "manifest.json",  # every file with its SHA-256, written last

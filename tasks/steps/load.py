@@ -19,6 +19,8 @@ from tasks.run.errors import InputError
 from tasks.run.formats import file_ref, split_table
 from tasks.run.resume import clear_partial_files
 from tasks.steps.supplied import fit_data_to_model
+from tasks.techniques.challenger import owner_challenger
+from tasks.techniques.positive import positive_index
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,8 @@ _CHECKED: dict[tuple, CheckedData] = {}  # the CLI's check, kept for its own run
 
 def check_data(dataset: str, seed: int, val_fraction: float, background: int = 1, explain_rows: int = 1,
                label: str | None = None, model: Path | None = None, outputs: str | None = None,
-               keep: bool = False) -> CheckedData:
+               protected: tuple[str, ...] = (), metadata: Path | None = None, keep_protected: bool = False,
+               positive_class: str | None = None, challenger: Path | None = None, keep: bool = False) -> CheckedData:
     """Read `dataset` and split it, or InputError saying why the run cannot work with it.
 
     `background` and `explain_rows` are the later steps' needs from the training and validation
@@ -44,13 +47,17 @@ def check_data(dataset: str, seed: int, val_fraction: float, background: int = 1
     supplied `model` (tasks/steps/supplied.py): the data is fitted to its input and it is run on all of it.
     The CLI calls this before Prefect's server starts (`keep=True`), and its load step takes that result.
     """
-    key = (dataset, seed, val_fraction, background, explain_rows, label, str(model), outputs)
+    key = (dataset, seed, val_fraction, background, explain_rows, label, str(model), outputs, tuple(protected),
+           str(metadata), keep_protected, positive_class, str(challenger))
     if (checked := _CHECKED.pop(key, None)) is not None:
         return checked
-    data = load_dataset(dataset, label)
+    data = load_dataset(dataset, label, tuple(protected), metadata, keep_protected)
     supplied = None
     if model is not None:
         data, supplied = fit_data_to_model(data, Path(model), outputs)
+    positive_index(data.class_names, positive_class)
+    if challenger is not None:  # it must take the same inputs: tried on a few rows
+        owner_challenger(Path(challenger), data.inputs[:4], data.feature_names, len(data.class_names))
     train_idx, val_idx = _stratified_split(data, seed, val_fraction)
     require_rows("background", background, "training", len(train_idx))
     require_rows("explain", explain_rows, "validation", len(val_idx))
@@ -62,10 +69,13 @@ def check_data(dataset: str, seed: int, val_fraction: float, background: int = 1
 
 def load_data(dataset: str, out: Path, seed: int, val_fraction: float, background: int = 1, explain_rows: int = 1,
               label: str | None = None, resume: Path | None = None, model: Path | None = None,
-              outputs: str | None = None) -> dict:
+              outputs: str | None = None, protected: tuple[str, ...] = (), metadata: Path | None = None,
+              keep_protected: bool = False, positive_class: str | None = None,
+              challenger: Path | None = None) -> dict:
     """Read and check `dataset` (`check_data`), create the run directory, write the two splits; return their
     paths and hashes."""
-    checked = check_data(dataset, seed, val_fraction, background, explain_rows, label, model, outputs)
+    checked = check_data(dataset, seed, val_fraction, background, explain_rows, label, model, outputs, protected,
+                         metadata, keep_protected, positive_class, challenger)
     data, supplied = checked.data, checked.supplied
     if resume is not None:  # the same directory again: its split files come out byte-identical
         run_dir = Path(resume).resolve()
@@ -74,11 +84,14 @@ def load_data(dataset: str, out: Path, seed: int, val_fraction: float, backgroun
         run_dir = new_run_dir(out, dataset.split(":")[0])
     result = {"run_dir": str(run_dir), "dataset": data.name, "class_names": data.class_names,
               "modality": data.modality, "feature_names": data.feature_names,
-              "input_shape": list(data.inputs.shape[1:]), "provenance": data.provenance, "model": supplied}
+              "input_shape": list(data.inputs.shape[1:]), "provenance": data.provenance, "model": supplied,
+              "protected": {"attributes": list(data.groups), "kept_as_features": bool(keep_protected and data.groups
+                                                                                      and metadata is None)}}
     result["files"], result["class_counts"] = {}, {}
     for split, idx in (("train", checked.train_idx), ("validation", checked.val_idx)):
         table = split_table(data.inputs[idx], data.labels[idx], [data.source_ids[i] for i in idx], data.class_names,
-                            data.modality, data.feature_names)
+                            data.modality, data.feature_names,
+                            {name: [values[i] for i in idx] for name, values in data.groups.items()})
         result["files"][split] = file_ref(write_parquet_atomic(layout.path(run_dir, split), table))
         result["class_counts"][split] = np.bincount(data.labels[idx], minlength=len(data.class_names)).tolist()
     return result

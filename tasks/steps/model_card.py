@@ -1,18 +1,27 @@
-"""The model card: who owns the model, what it is for and not for, its limitations and risk tier.
+"""The model card: who owns the model, what it is for and not for, its limitations and risk tier; its
+materiality (the depth of review: which optional techniques run), its revalidation triggers, the
+thresholds its checks are held to, and what only the owner can document (human oversight, ...).
 
 A YAML file passed with ``--model-card``; read with ``yaml.safe_load`` (no Python objects), copied
 into the run directory as ``model_card.yaml`` so the manifest hashes it, and shown in the report,
-with "not provided" for every field it lacks.
+with "not provided" for every field it lacks. ``model_card.json`` (always written) is what the
+techniques read: the thresholds in force (the card's, else the defaults) and the materiality.
+
+    thresholds:
+      calibration.ece: 0.03        # check id -> bound; see THRESHOLDS for the ids and defaults
+    materiality: medium            # low | medium | high (default: high, the full review)
 """
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import yaml
 
 from tasks.run import layout
-from tasks.run.artifacts import write_bytes_atomic
+from tasks.run.artifacts import sha256_file, write_bytes_atomic, write_json_atomic
 from tasks.run.errors import InputError
 
 FIELDS = {  # key in the YAML file -> heading in the report
@@ -23,6 +32,23 @@ FIELDS = {  # key in the YAML file -> heading in the report
     "out_of_scope_uses": "Out-of-scope uses",
     "limitations": "Limitations",
     "risk_tier": "Risk tier",
+    "materiality": "Materiality",  # low | medium | high: how deep the review goes (MATERIALITY)
+    "revalidation_triggers": "Revalidation triggers",  # events that call for a new validation
+    # What a report cannot measure, documented by the owner (EU AI Act Annex IV 2(e), 3, 5, 9):
+    "human_oversight": "Human oversight",
+    "risk_management": "Risk-management system",
+    "post_market_monitoring": "Post-market monitoring plan",
+}
+OWNER_ITEMS = ("human_oversight", "risk_management", "post_market_monitoring")
+MATERIALITY = ("low", "medium", "high")  # a technique runs at its level and above (registry: `materiality`)
+DEFAULT_MATERIALITY = "high"  # a card that does not say gets the full review
+THRESHOLDS = {  # check id -> (default bound, what it bounds); a card's `thresholds` may set any of them
+    "calibration.ece": (0.05, "expected calibration error, at most"),
+    "fairness.selection_rate_ratio": (0.8, "lowest group selection rate over the highest, at least (four-fifths)"),
+    "fairness.equalized_odds": (0.1, "equalized odds difference, at most"),
+    "robustness.accuracy_drop": (0.05, "accuracy drop that defines breaking, in accuracy points"),
+    "robustness.min_strength": (0.5, "share of the strength range a perturbation must survive, at least"),
+    "challenger.margin": (0.0, "champion accuracy minus challenger's, upper 95% bound, at least"),
 }
 MAX_BYTES = 1_000_000  # a model card is a short document
 NOT_PROVIDED = "not provided"
@@ -43,10 +69,14 @@ def read_model_card(path: Path) -> dict[str, str | list[str]]:
         card = {}
     if not isinstance(card, dict):
         raise InputError(f"model card {path} must be a mapping of fields ({', '.join(FIELDS)})")
-    unknown = sorted(str(k) for k in card if k not in FIELDS)
+    unknown = sorted(str(k) for k in card if k not in FIELDS and k != "thresholds")
     if unknown:
-        raise InputError(f"model card {path}: unknown fields {unknown}; the fields are {', '.join(FIELDS)}")
-    fields = {}
+        raise InputError(f"model card {path}: unknown fields {unknown}; the fields are "
+                         f"{', '.join([*FIELDS, 'thresholds'])}")
+    fields = {"thresholds": _thresholds(card.pop("thresholds", None) or {}, path)}
+    if card.get("materiality") is not None and str(card["materiality"]).lower() not in MATERIALITY:
+        raise InputError(f"model card {path}: materiality must be one of {', '.join(MATERIALITY)}, "
+                         f"not {card['materiality']!r}")
     for key, value in card.items():
         if isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
             fields[key] = [str(v) for v in value]
@@ -57,12 +87,36 @@ def read_model_card(path: Path) -> dict[str, str | list[str]]:
     return fields
 
 
+def _thresholds(given, path: Path) -> dict[str, float]:
+    if not isinstance(given, dict):
+        raise InputError(f"model card {path}: thresholds must be a mapping of check id to number")
+    unknown = sorted(str(k) for k in given if k not in THRESHOLDS)
+    if unknown:
+        raise InputError(f"model card {path}: unknown thresholds {unknown}; they are {', '.join(THRESHOLDS)}")
+    for key, value in given.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise InputError(f"model card {path}: threshold {key} must be a number, not {value!r}")
+    return {key: float(value) for key, value in given.items()}
+
+
 def store_model_card(path: Path | None, run_dir: Path) -> dict:
-    """Copy the card into the run directory and return every field, "not provided" where missing."""
-    fields = {}
+    """Copy the card into the run directory, write ``model_card.json`` (thresholds in force, materiality) and
+    return every field, "not provided" where missing."""
+    fields = {"thresholds": {}}
     if path is not None:
         fields = read_model_card(path)
         write_bytes_atomic(layout.path(run_dir, "model_card"), Path(path).expanduser().read_bytes())
-    return {"provided": path is not None,
-            "fields": [{"key": key, "heading": heading, "value": fields.get(key, NOT_PROVIDED),
-                        "missing": key not in fields} for key, heading in FIELDS.items()]}
+    materiality = str(fields.get("materiality", DEFAULT_MATERIALITY)).lower()
+    record = {"provided": path is not None, "materiality": materiality,
+              "materiality_stated": "materiality" in fields,
+              "thresholds": {key: fields["thresholds"].get(key, default) for key, (default, _) in THRESHOLDS.items()},
+              "thresholds_stated": sorted(fields["thresholds"]),
+              "fields": [{"key": key, "heading": heading, "value": fields.get(key, NOT_PROVIDED),
+                          "missing": key not in fields} for key, heading in FIELDS.items()]}
+    written = write_json_atomic(layout.path(run_dir, "card_record"), record)
+    return {**record, "files": {"card_record": {"path": str(written), "sha256": sha256_file(written)}}}
+
+
+def threshold(card_record: str | Path, check_id: str) -> float:
+    """The bound the check `check_id` is held to in this run (model_card.json, written by `store_model_card`)."""
+    return float(json.loads(Path(card_record).read_text())["thresholds"][check_id])

@@ -1,0 +1,71 @@
+"""Protected attributes: the groups a fairness assessment compares (tasks/techniques/fairness.py).
+
+Tables name them with ``--protected COLUMN[,COLUMN]``: those columns become groups and leave the
+model's features (unless ``--keep-protected``: then they stay features too, and must be numeric).
+Any dataset can take them from ``--metadata FILE``, a CSV with a ``file`` column naming each row
+as its source id does after the dataset kind (``cat/0001.png`` or ``0001.png`` for an image
+folder, ``data_batch_1:17`` for CIFAR-10, ``17`` for digits and breast-cancer, ``row 17`` for a
+table file) and one column per protected attribute. Group values are text; a missing value is the
+group "missing" (so is an empty one), a row the metadata does not name the group "not in metadata".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+
+from tasks.run.errors import InputError, first_line
+
+KEY = "file"
+MISSING = "missing"
+NOT_NAMED = "not in metadata"
+MAX_GROUPS = 50  # more distinct values than this looks like an identifier, not a group
+
+
+def group_values(column: pa.ChunkedArray, name: str, source: str) -> list[str]:
+    """A column's values as group names (text), "missing" for nulls; InputError for too many distinct ones."""
+    values = [MISSING if v is None or not str(v).strip() else str(v) for v in column.to_pylist()]
+    distinct = set(values)
+    if len(distinct) > MAX_GROUPS:
+        raise InputError(f"{source}: protected column {name!r} has {len(distinct)} distinct values; a protected "
+                         f"attribute has at most {MAX_GROUPS} groups (bin a continuous one first)")
+    return values
+
+
+def table_groups(table: pa.Table, protected: tuple[str, ...], source: str) -> dict[str, list[str]]:
+    missing = [c for c in protected if c not in table.column_names]
+    if missing:
+        raise InputError(f"{source}: no protected column(s) {missing}; the columns are {table.column_names[:20]}")
+    return {c: group_values(table.column(c), c, source) for c in protected}
+
+
+def metadata_groups(path: Path, protected: tuple[str, ...], source_ids: list[str]) -> dict[str, list[str]]:
+    """Each row's group per protected attribute, from the metadata CSV at `path`, matched by KEY."""
+    try:
+        table = pa_csv.read_csv(path, convert_options=pa_csv.ConvertOptions(
+            column_types={c: pa.string() for c in (KEY, *protected)}))
+    except (OSError, pa.ArrowException, UnicodeDecodeError) as exc:
+        raise InputError(f"--metadata {path}: not a readable CSV file: {first_line(exc, 500)}") from None
+    if KEY not in table.column_names:
+        raise InputError(f"--metadata {path} has no {KEY!r} column naming each row (image file or row id)")
+    groups = table_groups(table, protected, f"--metadata {path}")
+    keys = table.column(KEY).to_pylist()
+    if len(set(keys)) != len(keys):
+        raise InputError(f"--metadata {path}: the {KEY!r} column names some rows twice")
+    index = {k: i for i, k in enumerate(keys)}
+    found = [_lookup(index, sid) for sid in source_ids]
+    if all(i is None for i in found):
+        raise InputError(f"--metadata {path}: no {KEY!r} value names a row of the dataset (for example "
+                         f"{source_ids[0].split(':', 1)[-1]!r})")
+    return {name: [NOT_NAMED if i is None else values[i] for i in found] for name, values in groups.items()}
+
+
+def _lookup(index: dict[str, int], source_id: str) -> int | None:
+    """The metadata row of a source id: by what follows the dataset kind, or by its last path component."""
+    after_kind = source_id.split(":", 1)[-1]
+    for key in (after_kind, after_kind.rsplit("/", 1)[-1], after_kind.rsplit(":", 1)[-1]):
+        if key in index:
+            return index[key]
+    return None

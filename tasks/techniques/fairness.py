@@ -1,0 +1,133 @@
+"""Fairness: the model's outcomes per group of each protected attribute (`--protected COLUMN` for tables,
+`--metadata FILE` for images), with fairlearn's metrics (EU AI Act Annex IV 2(g), FDA subgroup performance).
+
+For each attribute and each class of interest (binary: the positive class; multi-class: each class
+one-vs-rest), fairlearn's MetricFrame gives per group the support, selection rate (share predicted
+as the class), true and false positive rates, and the demographic parity difference and ratio and
+the equalized odds difference across groups, with bootstrap 95% intervals (MetricFrame's own). The
+equalized odds interval is the larger of the TPR and FPR differences' bounds. Accuracy per group
+is over all classes. Groups with fewer than MIN_GROUP_ROWS validation rows are listed, not assessed.
+
+Checks: the four-fifths rule (the lowest group selection rate over the highest, at least
+`fairness.selection_rate_ratio`) and the equalized odds difference (at most `fairness.equalized_odds`).
+
+Files ``analysis/fairness_groups.parquet`` (attribute, group, class_name, support, accuracy,
+selection_rate, tpr, fpr) and ``analysis/fairness.parquet`` (attribute, class_name, the differences and
+ratio with their intervals).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from fairlearn.metrics import (MetricFrame, count, demographic_parity_difference, demographic_parity_ratio,
+                               equalized_odds_difference, false_positive_rate, selection_rate, true_positive_rate)
+
+from tasks.model.run_model import load_run_model
+from tasks.report import validator_figures
+from tasks.report.sections import ReportData, file_of
+from tasks.run import layout
+from tasks.run.checks import SECTION_PERFORMANCE, Check
+from tasks.run.formats import read_split, write_frame
+from tasks.steps.model_card import threshold
+from tasks.techniques.positive import run_positive_index
+
+MIN_GROUP_ROWS = 10
+BOOTSTRAP = 200
+NOT_NAMED = ("No protected attribute was named (--protected COLUMN for tables, --metadata FILE with --protected "
+             "for images): fairness was not assessed.")
+
+
+def accuracy(y_true, y_pred) -> float:
+    return float(np.mean(np.asarray(y_true) == np.asarray(y_pred)))
+
+
+def group_fairness(labels: np.ndarray, predicted: np.ndarray, groups: list[str], classes: list[int],
+                   class_names: list[str], seed: int, n_boot: int = BOOTSTRAP) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per group and per class of interest, fairlearn's rates; across groups, the parity measures."""
+    groups = np.asarray(groups, dtype=object)
+    overall = MetricFrame(metrics=accuracy, y_true=labels, y_pred=predicted, sensitive_features=groups).by_group
+    per_group, summary = [], []
+    for k in classes:
+        y_true, y_pred = (labels == k).astype(int), (predicted == k).astype(int)
+        frame = MetricFrame(metrics={"support": count, "selection_rate": selection_rate, "tpr": true_positive_rate,
+                                     "fpr": false_positive_rate},
+                            y_true=y_true, y_pred=y_pred, sensitive_features=groups, n_boot=n_boot,
+                            ci_quantiles=[0.025, 0.975], random_state=seed)
+        for group, row in frame.by_group.iterrows():
+            per_group.append({"group": str(group), "class_name": class_names[k], "support": int(row["support"]),
+                              "accuracy": float(overall[group]), "selection_rate": float(row["selection_rate"]),
+                              "tpr": float(row["tpr"]), "fpr": float(row["fpr"])})
+        low, high = frame.difference_ci()
+        ratio_low, ratio_high = frame.ratio_ci()
+        summary.append({
+            "class_name": class_names[k],
+            "dp_difference": float(demographic_parity_difference(y_true, y_pred, sensitive_features=groups)),
+            "dp_difference_low": float(low["selection_rate"]), "dp_difference_high": float(high["selection_rate"]),
+            "dp_ratio": float(demographic_parity_ratio(y_true, y_pred, sensitive_features=groups)),
+            "dp_ratio_low": float(ratio_low["selection_rate"]), "dp_ratio_high": float(ratio_high["selection_rate"]),
+            "eo_difference": float(equalized_odds_difference(y_true, y_pred, sensitive_features=groups)),
+            "eo_difference_low": float(max(low["tpr"], low["fpr"])),
+            "eo_difference_high": float(max(high["tpr"], high["fpr"])),
+        })
+    return pd.DataFrame(per_group), pd.DataFrame(summary)
+
+
+def assess_fairness(run_dir: str, files: dict[str, str], seed: int) -> dict:
+    """Fairness of the validation predictions across the groups of each protected attribute."""
+    val = read_split(files["validation"])
+    if not val.groups:
+        return {"skipped": NOT_NAMED, "files": {}, "checks": []}
+    model = load_run_model(files["model"])
+    predicted = model.predict_proba(val.inputs).argmax(1)
+    positive = run_positive_index(files["run_record"], val.class_names)
+    classes = [positive] if positive is not None else list(range(len(val.class_names)))
+    per_group, summary, too_small = [], [], []
+    for attribute, values in val.groups.items():
+        values = np.asarray(values, dtype=object)
+        sizes = pd.Series(values).value_counts()
+        small = sorted(str(g) for g in sizes[sizes < MIN_GROUP_ROWS].index)
+        too_small += [{"attribute": attribute, "group": g, "rows": int(sizes[g])} for g in small]
+        kept = ~np.isin(values, small)
+        if len(set(values[kept])) < 2:
+            continue
+        groups_table, summary_table = group_fairness(val.labels[kept], predicted[kept], list(values[kept]), classes,
+                                                     val.class_names, seed)
+        per_group.append(groups_table.assign(attribute=attribute))
+        summary.append(summary_table.assign(attribute=attribute))
+    if not summary:
+        return {"skipped": f"No protected attribute has two groups of at least {MIN_GROUP_ROWS} validation rows "
+                           f"({', '.join(val.groups)}): fairness was not assessed.", "files": {}, "checks": [],
+                "too_small": too_small}
+    per_group, summary = pd.concat(per_group, ignore_index=True), pd.concat(summary, ignore_index=True)
+    ratio_bound, eo_bound = (threshold(files["card_record"], key) for key in ("fairness.selection_rate_ratio",
+                                                                            "fairness.equalized_odds"))
+    low_ratio = summary[summary["dp_ratio"] < ratio_bound]
+    high_eo = summary[summary["eo_difference"] > eo_bound]
+    checks = [
+        Check("fairness.selection_rate_ratio", "Fairness", "selection rate ratio, lowest group over highest "
+              "(four-fifths rule)", float(summary["dp_ratio"].min()), ratio_bound, "at least", SECTION_PERFORMANCE,
+              f"{len(low_ratio)} attribute and class pair(s) fail the four-fifths rule.",
+              details=tuple(f"Fairness: by {r.attribute}, the selection rate of '{r.class_name}' in the least selected "
+                            f"group is {r.dp_ratio:.2f} of the most selected (95% CI {r.dp_ratio_low:.2f} to "
+                            f"{r.dp_ratio_high:.2f})." for r in low_ratio.itertuples())),
+        Check("fairness.equalized_odds", "Fairness", "equalized odds difference", float(summary["eo_difference"].max()),
+              eo_bound, "at most", SECTION_PERFORMANCE,
+              f"{len(high_eo)} attribute and class pair(s) have an equalized odds difference over {eo_bound}.",
+              details=tuple(f"Fairness: by {r.attribute}, true or false positive rates for '{r.class_name}' differ by "
+                            f"{r.eo_difference:.3f} between groups (95% CI {r.eo_difference_low:.3f} to "
+                            f"{r.eo_difference_high:.3f})." for r in high_eo.itertuples())),
+    ]
+    written = {"fairness_groups": write_frame(layout.path(run_dir, "fairness_groups"), per_group),
+               "fairness": write_frame(layout.path(run_dir, "fairness"), summary)}
+    return {"files": written, "checks": [c.to_json() for c in checks], "attributes": list(val.groups),
+            "too_small": too_small, "positive": val.class_names[positive] if positive is not None else None,
+            "n_rows": len(val.labels), "min_group_rows": MIN_GROUP_ROWS}
+
+
+def fairness_section(data: ReportData, result: dict) -> dict:
+    per_group = pd.read_parquet(file_of(result, "fairness_groups"))
+    summary = pd.read_parquet(file_of(result, "fairness"))
+    figure = validator_figures.fairness_bars(per_group, data.figure("fairness.png"))
+    return {**{k: v for k, v in result.items() if k not in ("files", "checks")}, "figure": data.rel(figure),
+            "groups": per_group.to_dict("records"), "summary": summary.to_dict("records")}
