@@ -47,15 +47,22 @@ def uninterrupted(table_run):
     return Path(table_run["run_dir"])
 
 
-def kill_when(trigger: str, out: Path, tmp_path: Path) -> Path:
-    """Start `accountability run`, kill -9 it as soon as `trigger` exists in its run directory."""
+def recorded(out: Path, text: str) -> bool:
+    """Whether a step result Prefect persisted in the run directory names `text` (e.g. a shard's file)."""
+    return any(text.encode() in path.read_bytes() for path in out.glob(f"*/{layout.DIRS['results']}/*")
+               if path.is_file())
+
+
+def kill_when(trigger: str, out: Path, tmp_path: Path, after: str | None = None) -> Path:
+    """Start `accountability run`, kill -9 it as soon as `trigger` exists in its run directory (and a persisted
+    step result names `after`: shards run in parallel, so a shard's file can appear before another's result)."""
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
     process = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", *PARAMS, "--out", str(out)],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
-        while not list(out.glob(f"*/{trigger}")):
+        while not (list(out.glob(f"*/{trigger}")) and (after is None or recorded(out, after))):
             assert process.poll() is None, "the run ended before it could be killed"
             assert time.monotonic() < deadline, f"{trigger} never appeared"
             time.sleep(0.05)
@@ -72,7 +79,8 @@ def kill_when(trigger: str, out: Path, tmp_path: Path) -> Path:
 @pytest.mark.parametrize("trigger", ["deepshap/shards/shard-000002-000004.parquet",  # the SHAP stage's second shard
                                      "figures/training_curves.png"])  # the report
 def test_killed_run_resumes_with_cached_steps_and_matches_an_uninterrupted_one(uninterrupted, tmp_path, trigger):
-    run_dir = kill_when(trigger, tmp_path / "reports", tmp_path)
+    first_shard = "shard-000000-000002.parquet" if trigger.startswith("deepshap/") else None
+    run_dir = kill_when(trigger, tmp_path / "reports", tmp_path, after=first_shard)
     assert not (run_dir / "report.pdf").exists() and not (run_dir / "manifest.json").exists()
     for path in run_dir.rglob("*"):  # every file under its final name is complete
         if path.is_file() and not any(part.startswith(".") for part in path.relative_to(run_dir).parts):

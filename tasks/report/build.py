@@ -181,7 +181,7 @@ def render_report(run_dir: Path, results: dict, params: dict, environment: dict,
     }
     skipped = {name: result["skipped"] for name, result in results.items()
                if isinstance(result, dict) and "skipped" in result}
-    context["traceability"] = traceability(context["checks"], skipped, model_card["fields"])
+    context["traceability"] = traceability(context["checks"], skipped, model_card["fields"], data.modality)
     extra = {"parameters": params, "flow_run": flow_run, "checks": context["checks"], "step_seconds": timings or {}}
     # Every file so far (figures included), hashed: the PDF embeds this list; manifest.json, written
     # after the PDF, adds the PDF itself.

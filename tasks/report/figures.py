@@ -215,7 +215,8 @@ def global_importance_bars(mean_abs: np.ndarray, feature_names: list[str], class
     for k, name in enumerate(class_names):
         ax.barh([feature_names[i][:40] for i in order], mean_abs[k, order], left=left, label=name[:16])
         left += mean_abs[k, order]
-    ax.set_xlabel("mean |SHAP value| over the explained rows (stacked by class)", fontsize=7)
+    stacked = " (stacked by class)" if len(class_names) > 1 else f" for '{class_names[0][:30]}'"
+    ax.set_xlabel("mean |SHAP value| over the explained rows" + stacked.replace("$", r"\$"), fontsize=7)
     ax.tick_params(labelsize=6)
     ax.legend(fontsize=6)
     fig.tight_layout()

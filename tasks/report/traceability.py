@@ -65,20 +65,19 @@ OWNER_CLAUSES = {  # model-card fields (tasks/steps/model_card.py OWNER_ITEMS) -
 }
 
 
-def traces() -> list[Trace]:
-    """Every section of the report with its checks and clauses: the core sections, then the registry's."""
-    found = list(CORE)
-    for technique in registry.TECHNIQUES:
-        found.append(Trace(technique.title, technique.checks, technique.clauses))
-    return found
+def traces(modality: str | None = None) -> list[Trace]:
+    """Every section of the report with its checks and clauses: the core sections, then the registry's (those
+    that apply to `modality`; all when None)."""
+    techniques = registry.TECHNIQUES if modality is None else registry.applicable(modality)
+    return [*CORE, *(Trace(t.title, t.checks, t.clauses) for t in techniques)]
 
 
-def traceability(checks: list[dict], skipped: dict[str, str], card_fields: list[dict]) -> dict:
+def traceability(checks: list[dict], skipped: dict[str, str], card_fields: list[dict], modality: str) -> dict:
     """The appendix: per section its checks (with this run's verdict) and clauses; the owner's items."""
     verdicts = {c["id"]: ("passed" if c["passed"] else "failed") for c in checks}
     titles = {t.title: t.name for t in registry.TECHNIQUES}
     rows = []
-    for trace in traces():
+    for trace in traces(modality):
         status = skipped.get(titles.get(trace.section, ""))
         rows.append({"section": trace.section, "clauses": trace.clauses, "not_run": status,
                      "checks": [{"id": c, "verdict": verdicts.get(c, "not measured")} for c in trace.checks]})
