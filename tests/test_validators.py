@@ -236,3 +236,20 @@ def test_an_owner_challenger_in_onnx_gives_its_probabilities_and_a_wrong_one_is_
     (tmp_path / "pickle.pt").write_bytes(b"\x80\x04\x95")
     with pytest.raises(InputError, match="--challenger"):
         owner_challenger(tmp_path / "pickle.pt", x, [], 2)
+
+
+def test_the_vectorised_bootstrap_measures_what_fairlearn_measures():
+    """Every 'resample' the rows themselves: the interval collapses onto the point value fairlearn computes."""
+    from fairlearn.metrics import demographic_parity_difference, demographic_parity_ratio, equalized_odds_difference
+
+    from tasks.techniques.fairness import bootstrap_parity
+
+    rng = np.random.default_rng(3)
+    y_true, y_pred = rng.integers(0, 2, 300), rng.integers(0, 2, 300)
+    groups = rng.choice(["a", "b", "c"], 300)
+    codes, levels = pd.factorize(groups, sort=True)
+    same = bootstrap_parity(y_true, y_pred, codes, len(levels), np.tile(np.arange(300), (4, 1)))
+    for name, reference in (("dp_difference", demographic_parity_difference), ("dp_ratio", demographic_parity_ratio),
+                            ("eo_difference", equalized_odds_difference)):
+        expected = reference(y_true, y_pred, sensitive_features=groups)
+        assert same[f"{name}_low"] == pytest.approx(expected, abs=1e-12) == same[f"{name}_high"]
