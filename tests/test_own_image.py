@@ -47,6 +47,20 @@ def test_a_directory_that_is_not_a_run_is_refused(finished_run, tmp_path):
         explain_image(root / "dark" / "0.png", tmp_path, tmp_path / "out")
 
 
+def test_a_run_that_fails_verification_or_an_out_inside_a_run_is_refused(finished_run, tmp_path):
+    import shutil
+
+    root, run_dir = finished_run
+    image = root / "dark" / "0.png"
+    with pytest.raises(InputError, match="is inside the run directory"):
+        explain_image(image, run_dir, f"{run_dir}/figures/mine")
+    copy = shutil.copytree(run_dir, tmp_path / "copy")
+    (copy / "data" / "extra.txt").write_text("added after the run")
+    with pytest.raises(InputError, match="fails verification .*not in the manifest: data/extra.txt"):
+        explain_image(image, copy, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_prints_prediction_and_paths(finished_run, tmp_path):
     root, run_dir = finished_run
     result = subprocess.run([sys.executable, "-m", "flows.cli", "explain-image", str(root / "dark" / "1.png"),

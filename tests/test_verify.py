@@ -6,7 +6,7 @@ import pytest
 
 from tasks.report.render import render_pdf
 from tasks.run import layout
-from tasks.run.artifacts import write_manifest
+from tasks.run.artifacts import build_manifest, write_json_atomic, write_manifest
 from tasks.run.errors import InputError
 from tasks.run.verify import verify_run
 
@@ -19,8 +19,12 @@ def run_dir(tmp_path):
     (run / "data" / "train.parquet").write_bytes(b"PAR1 some data PAR1")
     attachments = {layout.FILES[key]: text for key, text in layout.ATTACHMENTS.items()}
     for rel in attachments:
-        (run / rel).parent.mkdir(parents=True, exist_ok=True)
-        (run / rel).write_bytes(f"contents of {rel}".encode())
+        if rel != layout.FILES["artifacts"]:
+            (run / rel).parent.mkdir(parents=True, exist_ok=True)
+            (run / rel).write_bytes(f"contents of {rel}".encode())
+    # as the report step does: the list of every file so far, then the PDF that carries it, then the manifest
+    later = tuple(layout.FILES[k] for k in ("manifest", "artifacts", "report"))
+    write_json_atomic(layout.path(run, "artifacts"), build_manifest(run, exclude=later))
     render_pdf("audit_probe.html.j2", {"name": "run", "figure": "none.png", "escape": "none.png", "css": ""}, run,
                run / "report.pdf", attachments=attachments)
     write_manifest(run)
@@ -49,7 +53,9 @@ def test_a_file_changed_and_re_manifested_still_differs_from_the_pdfs_copy(run_d
 def test_missing_and_added_files_are_caught(run_dir):
     (run_dir / "data" / "train.parquet").unlink()
     shutil.copy(run_dir / "report.pdf", run_dir / "extra.pdf")
-    assert verify_run(run_dir) == ["missing: data/train.parquet", "not in the manifest: extra.pdf"]
+    assert verify_run(run_dir) == ["missing: data/train.parquet", "not in the manifest: extra.pdf",
+                                   "missing: data/train.parquet (listed in the list report.pdf carries)",
+                                   "not in the list report.pdf carries: extra.pdf"]
 
 
 def test_cli_exit_codes(run_dir, tmp_path):
@@ -66,3 +72,55 @@ def test_cli_exit_codes(run_dir, tmp_path):
 def test_not_a_run_directory(tmp_path):
     with pytest.raises(InputError, match="not a finished run directory"):
         verify_run(tmp_path)
+
+
+def test_a_changed_file_listed_in_a_rewritten_manifest_differs_from_the_list_the_pdf_carries(run_dir):
+    (run_dir / "data" / "train.parquet").write_bytes(b"PAR1 other data PAR1")
+    write_manifest(run_dir)  # the tamperer rewrites the manifest; artifacts.json and the PDF are untouched
+    (problem,) = verify_run(run_dir)
+    assert problem.startswith("changed: data/train.parquet") and "the list report.pdf carries says" in problem
+
+
+def test_a_file_replaced_by_a_link_to_an_identical_copy_is_caught(run_dir, tmp_path):
+    copy = tmp_path / "elsewhere.parquet"
+    shutil.copy(run_dir / "data" / "train.parquet", copy)
+    (run_dir / "data" / "train.parquet").unlink()
+    (run_dir / "data" / "train.parquet").symlink_to(copy)  # reads identical today, can change tomorrow
+    assert verify_run(run_dir)[0] == "symbolic link: data/train.parquet (a run holds files, not links)"
+
+
+def test_a_hidden_file_is_caught_but_prefects_cached_results_are_not(run_dir):
+    (run_dir / ".prefect-results").mkdir()
+    (run_dir / ".prefect-results" / "0123abcd").write_text("{}")
+    assert verify_run(run_dir) == []
+    (run_dir / "data" / ".sneaky").write_text("x")
+    assert verify_run(run_dir) == ["hidden file not in the manifest: data/.sneaky"]
+
+
+@pytest.mark.parametrize("manifest", ['{"files": ["report.pdf"]}', '{"files": {"report.pdf": "abc"}}', "[1, 2]",
+                                      "not json", "directory"])
+def test_a_malformed_manifest_is_one_clear_error(run_dir, manifest):
+    path = run_dir / "manifest.json"
+    path.unlink()
+    if manifest == "directory":
+        path.mkdir()
+    else:
+        path.write_text(manifest)
+    with pytest.raises(InputError, match="manifest"):
+        verify_run(run_dir)
+
+
+def test_a_foreign_directory_under_out_does_not_break_finding_the_previous_run(run_dir, tmp_path):
+    import json
+
+    from tasks.run.history import earlier_runs, previous_run
+
+    out = tmp_path / "out"
+    foreign = out / "20250101T000000Z-digits-deadbeef"  # claims to be a run of digits; its file list is garbage
+    foreign.mkdir(parents=True)
+    (foreign / "manifest.json").write_text(json.dumps({"parameters": {"dataset": "digits"}, "layout": layout.VERSION,
+                                                       "files": ["x"]}))
+    current = out / "20260101T000000Z-digits-00000000"
+    current.mkdir()
+    assert previous_run(out, "digits", current) is None
+    assert earlier_runs(out, "digits", current) == []

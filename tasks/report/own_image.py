@@ -16,6 +16,7 @@ from tasks.report.render import render_pdf
 from tasks.run import layout
 from tasks.run.artifacts import sha256_file, write_json_atomic
 from tasks.run.errors import InputError
+from tasks.run.verify import verify_run
 from tasks.run.formats import background_images, read_split
 
 
@@ -29,6 +30,15 @@ def explain_image(image_path: Path, run_dir: Path, out_dir: Path) -> dict:
     for needed in (record, train_path, background_path):
         if not needed.is_file():
             raise InputError(f"{run_dir} is not a finished run directory: {needed.relative_to(run_dir)} is missing")
+    problems = verify_run(run_dir)  # explain only with the model and background the run recorded
+    if problems:
+        raise InputError(f"{run_dir} fails verification ({problems[0]}; {len(problems)} difference(s) in all): "
+                         "explain with an intact run")
+    out_dir = Path(out_dir).expanduser().resolve()
+    inside = next((d for d in (out_dir, *out_dir.parents) if layout.path(d, "manifest").is_file()), None)
+    if inside is not None:
+        raise InputError(f"--out {out_dir} is inside the run directory {inside}: writing there would change the "
+                         "run (it would fail verification); choose a directory outside it")
 
     train = read_split(train_path)
     if train.modality != "image":
@@ -47,7 +57,6 @@ def explain_image(image_path: Path, run_dir: Path, out_dir: Path) -> dict:
 
     names = train.class_names
     predicted = int(probs.argmax())
-    out_dir = Path(out_dir).expanduser().resolve()
     stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in image_path.stem)[:60] or "image"
     target = out_dir / f"{stem}-{sha256_file(image_path)[:8]}"
     titles = [f"{name[:12]} {probs[k]:.2f}" for k, name in enumerate(names)]

@@ -30,11 +30,19 @@ def comparable(recorded: dict | None, dataset: str) -> bool:
             and recorded.get("layout") == layout.VERSION)
 
 
+def _intact(run_dir: Path) -> bool:
+    """Whether `run_dir` passes verification (a malformed or foreign one does not, and breaks nothing)."""
+    try:
+        return not verify_run(run_dir)
+    except InputError:
+        return False
+
+
 def previous_run(out: Path, dataset: str, current: Path) -> Path | None:
     """The newest finished, intact run of `dataset` under `out`, other than `current` (newest checked first)."""
     for run_dir in sorted(Path(out).iterdir(), key=lambda p: p.name, reverse=True):
         if (run_dir.is_dir() and run_dir.resolve() != Path(current).resolve()
-                and comparable(_recorded(run_dir), dataset) and not verify_run(run_dir)):
+                and comparable(_recorded(run_dir), dataset) and _intact(run_dir)):
             return run_dir
     return None
 
@@ -64,7 +72,7 @@ def earlier_runs(out: Path, dataset: str, current: Path, most: int = 12) -> list
         if len(found) == most:
             break
         if (run_dir.is_dir() and run_dir.name < Path(current).name and comparable(_recorded(run_dir), dataset)
-                and not verify_run(run_dir)):
+                and _intact(run_dir)):
             found.append(run_dir)
     return found[::-1]
 
