@@ -1,6 +1,7 @@
 import pickle
 
 import numpy as np
+import pandas as pd
 import pytest
 from pypdf import PdfReader
 from weasyprint import CSS, HTML
@@ -165,3 +166,18 @@ def test_rendering_opens_no_file_outside_the_run_except_code_and_templates(tmp_p
 
 def test_numbers_that_round_to_zero_print_without_a_minus_sign():
     assert fixed(-0.00001, 4) == "0.0000" and fixed(-0.00006, 4) == "-0.0001" and fixed(0.12345, 3) == "0.123"
+
+
+def test_names_that_look_like_mathtext_are_drawn_as_they_are(tmp_path):
+    """An invalid formula in a feature or class name once crashed the report step after the whole run."""
+    import numpy as np
+    from PIL import Image as PILImage
+
+    from tasks.report import figures, validator_figures
+
+    names = [r"$\frac{a}{", "$x^2$ income", "plain"]
+    path = figures.global_importance_bars(np.ones((2, 3)), names, [r"$\sqrt{", "$b$"], tmp_path / "bars.png")
+    assert PILImage.open(path).size[0] > 0
+    per_group = pd.DataFrame({"attribute": ["$a$"] * 2, "group": [r"$\frac{", "b"], "class_name": ["$c$"] * 2,
+                              "support": [10, 12], "selection_rate": [0.2, 0.4], "tpr": [0.5, 0.6], "fpr": [0.1, 0.2]})
+    assert validator_figures.fairness_bars(per_group, tmp_path / "fair.png").is_file()

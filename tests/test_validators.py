@@ -253,3 +253,17 @@ def test_the_vectorised_bootstrap_measures_what_fairlearn_measures():
                             ("eo_difference", equalized_odds_difference)):
         expected = reference(y_true, y_pred, sensitive_features=groups)
         assert same[f"{name}_low"] == pytest.approx(expected, abs=1e-12) == same[f"{name}_high"]
+
+
+@pytest.mark.parametrize("write", ["csv", "parquet"])
+def test_a_table_written_with_its_row_index_is_refused_not_learned(tmp_path, write):
+    from tasks.data.sources import load_dataset
+
+    frame = pd.DataFrame({"x": [0.3, 0.1, 0.2, 0.4] * 3, "y": [0, 0, 1, 1] * 3}).sort_values("y")
+    path = tmp_path / f"t.{write}"
+    if write == "csv":
+        frame.to_csv(path)  # pandas' default: the (label-sorted) row index as an unnamed first column
+    else:
+        frame.to_parquet(path)  # sorted: not a range any more, so pandas stores the index as a column
+    with pytest.raises(InputError, match="have no name: a row index written with the data"):
+        load_dataset(f"{write}:{path}", "y")

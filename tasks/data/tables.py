@@ -9,6 +9,7 @@ distinct values, is refused with the file and the columns named.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,11 @@ def table_to_dataset(table: pa.Table, label: str, name: str, source: str) -> Dat
     if len(set(columns)) != len(columns):
         repeated = sorted({c for c in columns if columns.count(c) > 1})
         raise InputError(f"{name}: repeated column names {_shown(repeated)}")
+    index_like = [c for c in columns if not c.strip() or re.fullmatch(r"Unnamed: \d+|__index_level_\d+__", c)]
+    if index_like:  # a row index written with the data (pandas' to_csv default): row order, often sorted by label
+        raise InputError(f"{name}: column(s) {_shown(index_like)} have no name: a row index written with the data "
+                         "(pandas writes one unless index=False)? As a feature it would leak the row order; "
+                         "write the file without it, or name the column if it is a real feature")
     if label not in columns:
         raise InputError(f"{name}: no label column {label!r}; the columns are {_shown(columns)}")
     if table.num_rows == 0:

@@ -7,6 +7,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+# Every text is drawn as it is: class, feature and group names come from the data, and "$...$" in one must
+# neither start mathtext (an invalid formula would crash the report step) nor silently change the label.
+matplotlib.rcParams["text.parse_math"] = False
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -216,7 +219,7 @@ def global_importance_bars(mean_abs: np.ndarray, feature_names: list[str], class
         ax.barh([feature_names[i][:40] for i in order], mean_abs[k, order], left=left, label=name[:16])
         left += mean_abs[k, order]
     stacked = " (stacked by class)" if len(class_names) > 1 else f" for '{class_names[0][:30]}'"
-    ax.set_xlabel("mean |SHAP value| over the explained rows" + stacked.replace("$", r"\$"), fontsize=7)
+    ax.set_xlabel("mean |SHAP value| over the explained rows" + stacked, fontsize=7)
     ax.tick_params(labelsize=6)
     ax.legend(fontsize=6)
     fig.tight_layout()

@@ -1,6 +1,6 @@
 """Figures of the validators' sections: calibration, robustness, fairness, the challenger, outcomes over time.
 
-Names from the data (classes, groups) are drawn as literal text (`literal`): a "$" never starts mathtext.
+Names from the data (classes, groups) are shortened by `literal`; figures.py turns mathtext off for every text.
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ from tasks.report.figures import plt, save_figure
 
 
 def literal(text: str, width: int = 24) -> str:
-    """User text shortened to `width` characters, with "$" escaped so that matplotlib shows it as it is."""
+    """User text shortened to `width` characters (drawn as it is: figures.py turns mathtext off)."""
     text = str(text)
-    text = text if len(text) <= width else text[: width - 1] + "…"
-    return text.replace("$", r"\$")
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def reliability_diagram(bins: pd.DataFrame, ece: float, subject: str, path: Path) -> Path:
