@@ -117,3 +117,20 @@ def test_empty_image_folder(tmp_path):
     (tmp_path / "a").mkdir()
     with pytest.raises(InputError, match="holds no images"):
         load_dataset(f"imagefolder:{tmp_path}")
+
+
+def test_16_bit_and_float_images_keep_their_contrast(tmp_path):
+    """16-bit and float pixels are read by their own range, not clipped to 8 bits (a blank image, silently)."""
+    from PIL import Image
+
+    from tasks.data.images import read_image
+
+    ramp = np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")  # a 16-bit grayscale PNG
+    pixels = read_image(tmp_path / "deep.png", "L")[0]
+    assert pixels.min() < 0.01 and pixels.max() > 0.99 and np.unique(pixels).size > 100
+    Image.fromarray((ramp / 65535.0).astype(np.float32)).save(tmp_path / "float.tif")
+    np.testing.assert_allclose(read_image(tmp_path / "float.tif", "RGB")[1], pixels, atol=1e-3)
+    Image.fromarray(ramp.astype(np.float32)).save(tmp_path / "wide.tif")  # floats in 0..65535: no known range
+    with pytest.raises(InputError, match="float pixels outside"):
+        read_image(tmp_path / "wide.tif", "L")

@@ -138,10 +138,14 @@ def read_image(path: Path, mode: str) -> np.ndarray:
                     raise InputError(
                         f"image {path} is {image.width}x{image.height}, over {MAX_SOURCE_PIXELS:,} pixels"
                     )
-                image.draft(mode, (IMAGE_SIZE * 4, IMAGE_SIZE * 4))  # JPEG: decode at reduced scale
-                image = image.convert(mode)
-                image.thumbnail((IMAGE_SIZE * 4, IMAGE_SIZE * 4))
-                array = np.asarray(image, dtype=np.float32) / 255.0
+                if image.mode in DEEP_MODES:  # 16-bit or float pixels: by their own range, not clipped to 8 bits
+                    array = _deep_pixels(image, path)
+                    array = np.repeat(array[..., None], 3, axis=2) if mode == "RGB" else array
+                else:
+                    image.draft(mode, (IMAGE_SIZE * 4, IMAGE_SIZE * 4))  # JPEG: decode at reduced scale
+                    image = image.convert(mode)
+                    image.thumbnail((IMAGE_SIZE * 4, IMAGE_SIZE * 4))
+                    array = np.asarray(image, dtype=np.float32) / 255.0
     except InputError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
@@ -149,6 +153,25 @@ def read_image(path: Path, mode: str) -> np.ndarray:
         raise InputError(f"cannot read image {path}: {exc}") from None
     tensor = torch.from_numpy(array.reshape(array.shape[0], array.shape[1], -1)).permute(2, 0, 1)
     return resize_images(tensor[None]).clamp_(0.0, 1.0)[0].numpy()
+
+
+DEEP_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # Pillow's 16-bit, 32-bit integer and float grayscale
+
+
+def _deep_pixels(image: Image.Image, path: Path) -> np.ndarray:
+    """A 16-bit, 32-bit integer or float grayscale image as (H, W) float32 in [0, 1], by its mode's real range:
+    16-bit (and 32-bit integer images holding 16-bit values, as Pillow opens some PNGs) over 65535, float
+    images as they are when in [0, 1]. Anything else has no range this pipeline can know: refused."""
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+            raise InputError(f"image {path} has float pixels outside [0, 1] (from {values.min():.4g} to "
+                             f"{values.max():.4g}): scale it to [0, 1] or save it as 8 or 16 bits per pixel")
+        return values.astype(np.float32)
+    if values.min() < 0 or values.max() > 65535:
+        raise InputError(f"image {path} is a 32-bit integer image with values beyond 16 bits (up to "
+                         f"{values.max():.0f}): save it as 8 or 16 bits per pixel")
+    return (values / 65535.0).astype(np.float32)
 
 
 def load_imagefolder(directory: Path) -> Dataset:
@@ -190,6 +213,6 @@ def folder_digest(directory: Path, files: list[Path]) -> str:
 def _is_grayscale(path: Path) -> bool:
     try:
         with Image.open(path) as image:
-            return image.mode in {"1", "L", "I", "I;16", "F", "LA"}
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            return image.mode in {"1", "L", "LA", *DEEP_MODES}
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise InputError(f"cannot read image {path}: {exc}") from None
