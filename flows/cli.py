@@ -34,13 +34,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's random states
+
+
 def _seed(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative")
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{value} is not between 0 and {MAX_SEED} (what the splitters take)")
     return value
 
 
@@ -180,7 +183,7 @@ def check_prefect_api() -> None:
     try:
         response = httpx.get(url.rstrip("/") + "/health", timeout=5.0)
         response.raise_for_status()
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
         raise InputError(
             f"the Prefect API at {url} did not answer ({type(exc).__name__}: {exc}); start that server, "
             "or unset PREFECT_API_URL to run on a local ephemeral server"

@@ -11,6 +11,8 @@ light on purpose: the CLI runs it before it imports torch.
 from __future__ import annotations
 
 import functools
+import os
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,6 +41,7 @@ def _check(config: RunConfig, dask_address: str | None, dask_workers: int) -> Ru
     check_dask_options(dask_address, dask_workers)
     check_dataset_source(config.dataset, config.label)
     out = config.out.expanduser().resolve()
+    check_writable(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a directory")
     resolved = {"out": out}
@@ -72,6 +75,27 @@ def _check(config: RunConfig, dask_address: str | None, dask_workers: int) -> Ru
             raise InputError(f"--resume {resolved['resume']}: it was started with other {', '.join(differing)}; "
                              "resume it with its recorded parameters (run.json)")
     return replace(config, **resolved)
+
+
+MIN_FREE_BYTES = 256 * 2**20  # a small run writes tens of megabytes; less free space than this fails late
+RUN_PATH_ROOM = 160  # characters a run adds below --out: its directory name and deepest file path
+
+
+def check_writable(out: Path) -> None:
+    """--out can take a run: its nearest existing directory is writable, on a file system with room, and the
+    run's paths will not be too long for it. Checked here, not minutes later by the step that writes."""
+    if any(len(part.encode()) > 255 for part in out.parts):  # NAME_MAX of every common file system
+        raise InputError(f"--out {out}: a directory name is longer than the file system's 255 bytes")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"--out {out}: cannot write in {existing} (permission denied or a read-only file system)")
+    free = shutil.disk_usage(existing).free
+    if free < MIN_FREE_BYTES:
+        raise InputError(f"--out {out}: only {free / 2**20:.0f} MiB free on its file system; a run needs at least "
+                         f"{MIN_FREE_BYTES / 2**20:.0f} MiB")
+    if len(str(out).encode()) + RUN_PATH_ROOM > os.pathconf(existing, "PC_PATH_MAX"):
+        raise InputError(f"--out {out} is too long a path: a run's files below it would pass the file system's "
+                         f"limit of {os.pathconf(existing, 'PC_PATH_MAX')} bytes")
 
 
 def check_dask_options(dask_address: str | None = None, dask_workers: int = 0) -> None:

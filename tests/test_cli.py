@@ -69,9 +69,13 @@ def earlier_run(tmp_path):
         (["--background", "-3"], "argument --background: -3 is not a positive integer"),
         (["--dask-workers", "2", "--dask-address", "tcp://127.0.0.1:8786"], "not allowed with argument"),
         (["--dask-address", "tcp://127.0.0.1:8786"], "must report to a Prefect server that they can reach"),
+        (["--seed", str(2**32)], "argument --seed: 4294967296 is not between 0 and 4294967295"),
+        (["--model-card", "~no-such-user-here/card.yaml"], "no such user's home directory"),
+        (["--out", "{tmp}/" + "a" * 300 + "/reports"], "a directory name is longer than the file system's"),
     ],
     ids=["unknown-spec", "missing-dir", "no-cifar", "corrupt-image", "one-class", "explain-too-large",
-         "zero-epochs", "negative-background", "two-dask-options", "dask-without-server"],
+         "zero-epochs", "negative-background", "two-dask-options", "dask-without-server", "huge-seed", "unknown-user",
+         "name-too-long"],
 )
 def test_bad_input_is_one_clear_line_and_leaves_earlier_runs_alone(tmp_path, earlier_run, args, message):
     corrupt = write_imagefolder(tmp_path / "corrupt", {"a": 3, "b": 3})
@@ -79,7 +83,7 @@ def test_bad_input_is_one_clear_line_and_leaves_earlier_runs_alone(tmp_path, ear
     single = write_imagefolder(tmp_path / "single", {"only": 4})
     args = [a.format(tmp=tmp_path, corrupt=corrupt, single=single) for a in args]
     before = tree_digest(earlier_run)
-    result = run_cli("run", *args, "--out", str(earlier_run), cwd=tmp_path)
+    result = run_cli("run", "--out", str(earlier_run), *args, cwd=tmp_path)  # (an --out in args comes last: wins)
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert message in lines[-1]
@@ -100,6 +104,12 @@ def test_an_unreachable_prefect_api_is_named(tmp_path):
     assert f"the Prefect API at {url} did not answer" in result.stderr
     assert "unset PREFECT_API_URL" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_malformed_prefect_api_url_is_named(tmp_path):
+    result = run_cli("run", "--out", str(tmp_path / "out"), cwd=tmp_path, api_url="http://[::1:4200/api")
+    assert result.returncode == 2 and "the Prefect API at http://[::1:4200/api did not answer" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.slow

@@ -139,3 +139,10 @@ def test_the_cache_key_changes_with_the_code_and_the_result_changing_packages(mo
     monkeypatch.undo()
     (tmp_path / "weights.bin").write_bytes(b"other weights")  # and, as before, with the contents of its files
     assert resume.input_hash_key(context, parameters) != key
+
+
+def test_a_long_text_parameter_is_hashed_as_text_not_opened_as_a_path():
+    from tasks.run.resume import _digest
+
+    name = "a column with a very long name " * 20  # over the file system's 255-byte name limit
+    assert _digest({"label": name}) == {"label": name}

@@ -45,8 +45,8 @@ class RunConfig:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise InputError(f"--seed must be a non-negative integer, got {self.seed!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
+            raise InputError(f"--seed must be an integer from 0 to {2**32 - 1}, got {self.seed!r}")
         if not 0.0 < self.val_fraction < 1.0:
             raise InputError(f"validation fraction must be between 0 and 1, got {self.val_fraction!r}")
         if self.shap_engine not in SHAP_ENGINES:
@@ -57,7 +57,10 @@ class RunConfig:
         for name in ("out", "model", "model_card", "compare", "resume", "metadata", "challenger"):
             value = getattr(self, name)
             if value is not None:
-                object.__setattr__(self, name, Path(value))
+                try:
+                    object.__setattr__(self, name, Path(value).expanduser())
+                except RuntimeError:  # "~someone/..." for a user this system does not know
+                    raise InputError(f"--{name.replace('_', '-')} {value}: no such user's home directory") from None
         protected = self.protected.split(",") if isinstance(self.protected, str) else list(self.protected or ())
         protected = tuple(str(name).strip() for name in protected)
         if any(not name for name in protected) or len(set(protected)) != len(protected):

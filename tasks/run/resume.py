@@ -42,8 +42,10 @@ def resumable_parameters(run_dir: Path) -> dict:
         parameters = json.loads(record.read_text())
     except FileNotFoundError:
         raise InputError(f"--resume {run_dir}: no {record.name}, the run died while loading data; start a new run") from None
-    except ValueError as exc:
+    except (ValueError, UnicodeDecodeError) as exc:
         raise InputError(f"--resume {run_dir}: {record.name} is not valid JSON: {exc}") from None
+    except OSError as exc:
+        raise InputError(f"--resume {run_dir}: cannot read {record.name}: {exc.strerror or exc}") from None
     if not isinstance(parameters, dict) or "dataset" not in parameters:
         raise InputError(f"--resume {run_dir}: {record.name} does not hold a run's parameters")
     return parameters
@@ -63,11 +65,19 @@ def _digest(value):
         return {str(k): _digest(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
     if isinstance(value, (list, tuple)):
         return [_digest(v) for v in value]
-    if isinstance(value, (str, Path)) and str(value) and Path(value).is_file():
+    if isinstance(value, (str, Path)) and str(value) and _is_file(value):
         return {"file": str(value), "sha256": sha256_file(Path(value))}
     if value is None or isinstance(value, (bool, int, float)):
         return value
     return str(value)
+
+
+def _is_file(value: str | Path) -> bool:
+    """Whether a parameter names a file; any text may be a parameter (a 300-character column name is not a path)."""
+    try:
+        return Path(value).is_file()
+    except (OSError, ValueError):  # name too long, NUL bytes
+        return False
 
 
 @functools.cache
