@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
+from tasks.run import layout
 from tasks.run.config import SHAP_ENGINES, RunConfig
 from tasks.run.errors import InputError
 
@@ -242,7 +245,14 @@ def run_command(args: argparse.Namespace) -> int:
     if server is not None:
         server.join()
     parameters = {k: v for k, v in config.to_json().items() if k not in ("batch_size", "val_fraction")}
-    result = compliance_report(**parameters, **dask)
+    started = time.time()
+    # SIGTERM (a supervisor, an IDE's stop button, systemd) stops the run as Ctrl-C does. Prefect's flow engine
+    # swaps in its own handler for the run, marks the flow run Crashed, then re-sends the signal to this one.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        result = compliance_report(**parameters, **dask)
+    except KeyboardInterrupt:
+        raise Interrupted(config.resume or _unfinished_run(config.out, started)) from None
     print(f"validation accuracy: {result['validation_accuracy']:.3f}; "
           f"largest SHAP additivity error: {result['max_additivity_error']:.2e}")
     print(f"checks: {result['checks_failed']} of {result['n_checks']} failed; "
@@ -250,6 +260,25 @@ def run_command(args: argparse.Namespace) -> int:
     print(f"run directory: {result['run_dir']}")
     print(f"report: {result['pdf']}")
     return 0
+
+
+class Interrupted(Exception):
+    """The run was stopped by Ctrl-C or SIGTERM; `run_dir` is what --resume finishes (None: none was created)."""
+
+    def __init__(self, run_dir: Path | None):
+        super().__init__(run_dir)
+        self.run_dir = run_dir
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _unfinished_run(out: Path, since: float) -> Path | None:
+    """The run directory this process created under `out` (the newest one with run.json and no manifest)."""
+    found = [d for d in Path(out).glob("*/") if layout.path(d, "run_record").is_file()
+             and not layout.path(d, "manifest").exists() and d.stat().st_mtime >= since - 1]
+    return max(found, key=lambda d: d.name, default=None)
 
 
 def explain_image_command(args: argparse.Namespace) -> int:
@@ -281,6 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"accountability: error: {exc}", file=sys.stderr)
         return EXIT_INPUT_ERROR
+    except Interrupted as stopped:
+        hint = (f"; finish it with: accountability run --resume {stopped.run_dir}" if stopped.run_dir
+                else " before the run directory was created; nothing to resume")
+        print(f"accountability: interrupted{hint}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("accountability: interrupted", file=sys.stderr)
         return 130

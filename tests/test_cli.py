@@ -130,3 +130,31 @@ def test_two_runs_at_once_into_one_output_directory_both_finish(tmp_path):
         assert "report.pdf" in manifest["files"]
         for rel, info in manifest["files"].items():
             assert sha256_file(run_dir / rel) == info["sha256"], rel
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_command_alone_stops_the_run_and_says_how_to_resume(tmp_path):
+    """A supervisor or an IDE's stop button signals the CLI process only, not its group."""
+    import signal
+    import time
+
+    from tasks.run.resume import resumable_parameters
+
+    out = tmp_path / "reports"
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("PREFECT_API_URL", None)
+    process = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--dataset", "breast-cancer", "--epochs", "400",
+                                "--out", str(out)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*/training")):  # training has begun
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read() if process.poll() else ""
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    stopped = time.monotonic()
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and time.monotonic() - stopped < 30
+    (run_dir,) = out.iterdir()
+    assert stderr.strip().splitlines()[-1] == (f"accountability: interrupted; finish it with: accountability run "
+                                               f"--resume {run_dir}")
+    assert resumable_parameters(run_dir)["epochs"] == 400 and not (run_dir / "manifest.json").exists()
