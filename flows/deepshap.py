@@ -95,11 +95,11 @@ def deepshap_flow(run_dir: str, background: int, rows: int, seed: int, engine: s
     with (environment_kept(), restoring_torch_threads() as threads,
           shard_runner(dask_address, dask_workers, threads) as runner,
           progress_bar(description, total=rows) as advance):
-        futures = [runner.submit(steps["shard"], {"model_path": model_path, "plan_path": plan_path,
-                                                  "run_dir": run_dir, "start": start, "stop": stop})
+        futures = [runner.submit(steps["shard"].task, {"model_path": model_path, "plan_path": plan_path,
+                                                       "run_dir": run_dir, "start": start, "stop": stop})
                    for start, stop in planned["shards"]]
         for future, (start, stop) in zip(futures, planned["shards"]):
-            shard_paths.append(future.result()["path"])
+            shard_paths.append(steps["shard"].checked(future.result())["path"])
             advance(stop - start)
     return steps["merge"](plan_path, shard_paths, run_dir)
 

@@ -11,7 +11,7 @@ from prefect import task
 
 from tasks.run import layout
 from tasks.run.errors import InputError
-from tasks.run.resume import input_hash_key
+from tasks.run.resume import check_recorded_files, input_hash_key
 
 WALL_SECONDS = "wall_seconds"  # the key of a step's own wall time in its result
 
@@ -43,12 +43,29 @@ def timings(results: dict) -> dict[str, float]:
             if isinstance(result, dict) and WALL_SECONDS in result}
 
 
-def resumable(prefect_task, run_dir: str):
+def resumable(prefect_task, run_dir: str) -> "Resumable":
     """`prefect_task` cached by the hashes of its inputs and the code, its result kept (as JSON) in the run directory.
 
     A run that died is finished by running it again into the same directory (--resume):
     the steps that had completed come back Cached. See tasks/run/resume.py.
     """
-    storage = layout.folder(run_dir, "results")  # a path: Prefect stores there without a saved storage block
-    return prefect_task.with_options(cache_key_fn=input_hash_key, persist_result=True, result_storage=storage,
-                                     result_serializer="json")
+    return Resumable(prefect_task, run_dir)
+
+
+class Resumable:
+    """A step's cached task; calling it returns the result once the files it names are checked: inside the run
+    directory and as the step recorded them (a Cached result's files may have been swapped since; see
+    tasks/run/resume.py `check_recorded_files`). `task` is for task runners (`submit`), then `checked`."""
+
+    def __init__(self, prefect_task, run_dir: str):
+        storage = layout.folder(run_dir, "results")  # a path: Prefect stores there without a saved storage block
+        self.task = prefect_task.with_options(cache_key_fn=input_hash_key, persist_result=True,
+                                              result_storage=storage, result_serializer="json")
+        self.run_dir = run_dir
+
+    def __call__(self, *args, **kwargs):
+        return self.checked(self.task(*args, **kwargs))
+
+    def checked(self, result):
+        check_recorded_files(result, self.run_dir, self.task.name)
+        return result

@@ -146,3 +146,33 @@ def test_a_long_text_parameter_is_hashed_as_text_not_opened_as_a_path():
 
     name = "a column with a very long name " * 20  # over the file system's 255-byte name limit
     assert _digest({"label": name}) == {"label": name}
+
+
+def test_a_result_that_names_a_changed_file_or_one_outside_the_run_is_refused(tmp_path):
+    from tasks.run.resume import check_recorded_files
+    from tasks.run.formats import file_ref
+
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    weights = run / "model" / "model.safetensors"
+    weights.write_bytes(b"weights as trained")
+    result = {"files": {"weights": file_ref(weights)}, "final": {"accuracy": 0.9}, "wall_seconds": 1.0}
+    check_recorded_files(result, run, "train")  # as recorded: passes
+    weights.write_bytes(b"weights swapped in")
+    with pytest.raises(InputError, match="train step: model/model.safetensors changed since the step wrote it"):
+        check_recorded_files(result, run, "train")
+    outside = tmp_path / "elsewhere.parquet"
+    outside.write_bytes(b"x")
+    with pytest.raises(InputError, match="outside the run directory"):
+        check_recorded_files([{**file_ref(outside), "wall_seconds": 0.1}], run, "deepshap-shard")
+
+
+@pytest.mark.slow
+def test_a_shard_edited_between_the_kill_and_the_resume_stops_the_resumed_run(tmp_path):
+    run_dir = kill_when("deepshap/shards/shard-000002-000004.parquet", tmp_path / "reports", tmp_path,
+                        after="shard-000000-000002.parquet")
+    shard = run_dir / "deepshap" / "shards" / "shard-000000-000002.parquet"
+    shard.write_bytes(shard.read_bytes() + b"edited")
+    with pytest.raises(InputError, match="shards/shard-000000-000002.parquet changed since the step wrote it"):
+        run_flow(**resumable_parameters(run_dir), resume=str(run_dir))
+    assert not (run_dir / "report.pdf").exists()

@@ -51,6 +51,33 @@ def resumable_parameters(run_dir: Path) -> dict:
     return parameters
 
 
+def file_refs(value) -> list[dict]:
+    """Every `file_ref` ({"path", "sha256"}) anywhere in a step's result."""
+    if isinstance(value, dict):
+        if isinstance(value.get("path"), str) and isinstance(value.get("sha256"), str):
+            return [value]
+        return [ref for item in value.values() for ref in file_refs(item)]
+    if isinstance(value, (list, tuple)):
+        return [ref for item in value for ref in file_refs(item)]
+    return []
+
+
+def check_recorded_files(result, run_dir: Path | str, step: str) -> None:
+    """Every file a step's result names is inside the run directory and as the step recorded it (SHA-256).
+
+    A resumed run gets the results of its finished steps back from the cache: a file swapped or edited
+    since (weights, a shard's values), or a result edited to name a file elsewhere, must stop the run,
+    not become part of its report."""
+    run_dir = Path(run_dir).resolve()
+    for ref in file_refs(result):
+        path = Path(ref["path"]).resolve()
+        if not path.is_relative_to(run_dir):
+            raise InputError(f"{step} step: its result names {path}, outside the run directory {run_dir}: refused")
+        if not path.is_file() or sha256_file(path) != ref["sha256"]:
+            raise InputError(f"{step} step: {path.relative_to(run_dir)} changed since the step wrote it (SHA-256 "
+                             "differs from its recorded result): the run directory was modified; start a new run")
+
+
 def clear_partial_files(run_dir: Path) -> list[Path]:
     """Remove the temporary files a killed step left behind; return them."""
     stale = [p for p in Path(run_dir).rglob(".*.tmp") if p.is_file()]
