@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -60,3 +61,17 @@ def test_read_split_refuses_a_foreign_or_corrupt_file(tmp_path):
     corrupt.write_bytes(foreign.read_bytes()[:-20])
     with pytest.raises(InputError, match="not a readable Parquet file"):
         read_split(corrupt)
+
+
+def test_a_resume_whose_run_json_names_other_data_is_refused(imagefolder_dir, tmp_path):
+    from tests.conftest import write_imagefolder
+
+    first = load_data(f"imagefolder:{imagefolder_dir}", tmp_path / "out", seed=3, val_fraction=0.25)
+    run_dir = Path(first["run_dir"])
+    again = load_data(f"imagefolder:{imagefolder_dir}", tmp_path / "out", seed=3, val_fraction=0.25, resume=run_dir)
+    assert again["files"] == first["files"]  # the same data: the same files, byte for byte
+    other = write_imagefolder(tmp_path / "other", {"cats": 12, "dogs": 12, "owls": 12}, seed=9)
+    before = (run_dir / "data" / "train.parquet").read_bytes()
+    with pytest.raises(InputError, match="differs from the run's own train.parquet"):
+        load_data(f"imagefolder:{other}", tmp_path / "out", seed=3, val_fraction=0.25, resume=run_dir)
+    assert (run_dir / "data" / "train.parquet").read_bytes() == before  # nothing overwritten

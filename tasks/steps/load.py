@@ -16,7 +16,7 @@ from tasks.data.sources import load_dataset
 from tasks.run import layout
 from tasks.run.artifacts import new_run_dir, write_parquet_atomic
 from tasks.run.errors import InputError
-from tasks.run.formats import file_ref, split_table
+from tasks.run.formats import file_ref, read_split, split_table
 from tasks.run.resume import clear_partial_files
 from tasks.steps.supplied import fit_data_to_model
 from tasks.techniques.challenger import owner_challenger
@@ -89,12 +89,27 @@ def load_data(dataset: str, out: Path, seed: int, val_fraction: float, backgroun
                                                                                       and metadata is None)}}
     result["files"], result["class_counts"] = {}, {}
     for split, idx in (("train", checked.train_idx), ("validation", checked.val_idx)):
+        if resume is not None:
+            _same_as_recorded(layout.path(run_dir, split), data, idx)
         table = split_table(data.inputs[idx], data.labels[idx], [data.source_ids[i] for i in idx], data.class_names,
                             data.modality, data.feature_names,
                             {name: [values[i] for i in idx] for name, values in data.groups.items()})
         result["files"][split] = file_ref(write_parquet_atomic(layout.path(run_dir, split), table))
         result["class_counts"][split] = np.bincount(data.labels[idx], minlength=len(data.class_names)).tolist()
     return result
+
+
+def _same_as_recorded(path: Path, data: Dataset, idx: np.ndarray) -> None:
+    """A resumed run must load the data it loaded first: its split file (if written) holds the same rows.
+    run.json edited to another dataset, or a dataset changed in place, is refused, not mixed into the run."""
+    if not path.is_file():
+        return
+    recorded = read_split(path)
+    same = (recorded.source_ids == [data.source_ids[i] for i in idx] and recorded.class_names == data.class_names
+            and np.array_equal(recorded.labels, data.labels[idx]) and np.array_equal(recorded.inputs, data.inputs[idx]))
+    if not same:
+        raise InputError(f"--resume: the data loaded now ({data.name}) differs from the run's own {path.name}: its "
+                         "run.json or its dataset changed since it started; start a new run")
 
 
 def _stratified_split(data: Dataset, seed: int, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
