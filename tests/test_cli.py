@@ -143,8 +143,10 @@ def test_sigterm_to_the_command_alone_stops_the_run_and_says_how_to_resume(tmp_p
     out = tmp_path / "reports"
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(tmp_path / "prefect")}
     env.pop("PREFECT_API_URL", None)
-    command = [sys.executable, "-m", "flows.cli", "run", "--dataset", "breast-cancer", "--epochs", "400", "--out", str(out)]
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = [sys.executable, "-m", "flows.cli", "run", "--dataset", "breast-cancer", "--epochs", "400",
+               "--out", str(out)]
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
     deadline = time.monotonic() + 120
     while not list(out.glob("*/training")):  # training has begun
         assert process.poll() is None and time.monotonic() < deadline, process.stderr.read() if process.poll() else ""
