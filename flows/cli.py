@@ -305,6 +305,7 @@ def verify_command(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"run": run_command, "explain-image": explain_image_command, "verify": verify_command}
+    environment = dict(os.environ)
     try:
         return commands[args.command](args)
     except InputError as exc:
@@ -318,6 +319,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("accountability: interrupted", file=sys.stderr)
         return 130
+    finally:  # the Prefect settings a command puts in the environment are for its own run only: main() called in
+        _restore_environment(environment)  # a process (a test, a notebook) must not quiet that process's next runs
+
+
+def _restore_environment(saved: dict[str, str]) -> None:
+    for key in set(os.environ) - set(saved):
+        del os.environ[key]
+    os.environ.update(saved)
 
 
 if __name__ == "__main__":

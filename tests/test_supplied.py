@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -140,7 +141,10 @@ def test_bad_models_end_in_one_line_and_exit_2_from_the_cli(tmp_path, capsys):
     pickled = tmp_path / "model.pt"
     torch.save(mlp(30, 2), pickled)
     out = tmp_path / "reports"
+    environment = dict(os.environ)
     assert main(["run", "--model", str(pickled), "--dataset", "breast-cancer", "--out", str(out)]) == 2
+    assert dict(os.environ) == environment  # it once left Prefect's console at WARNING for the whole test process
+
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and str(pickled) in error and "torch.export.save" in error
     assert not out.exists()
