@@ -14,9 +14,17 @@ from tasks.run.artifacts import sha256_file
 from tests.conftest import write_imagefolder
 
 
-def run_cli(*args: str, cwd: Path, api_url: str | None = None) -> subprocess.CompletedProcess:
+def cli_env(prefect_home: Path | None = None) -> dict[str, str]:
+    """The environment of a user's first run: Prefect's local ephemeral server (no PREFECT_API_URL)."""
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)  # the local ephemeral server, as a user's first run would use
+    env.pop("PREFECT_API_URL", None)
+    if prefect_home is not None:
+        env["PREFECT_HOME"] = str(prefect_home)
+    return env
+
+
+def run_cli(*args: str, cwd: Path, api_url: str | None = None) -> subprocess.CompletedProcess:
+    env = cli_env()
     if api_url:
         env["PREFECT_API_URL"] = api_url
     return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, capture_output=True, text=True,
@@ -115,8 +123,7 @@ def test_a_malformed_prefect_api_url_is_named(tmp_path):
 @pytest.mark.slow
 def test_two_runs_at_once_into_one_output_directory_both_finish(tmp_path):
     out = tmp_path / "reports"
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(tmp_path / "prefect")}
-    env.pop("PREFECT_API_URL", None)
+    env = cli_env(tmp_path / "prefect")
     args = [sys.executable, "-m", "flows.cli", "run", "--dataset", "breast-cancer", "--epochs", "1",
             "--background", "5", "--explain", "3", "--out", str(out)]
     runs = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -141,8 +148,7 @@ def test_sigterm_to_the_command_alone_stops_the_run_and_says_how_to_resume(tmp_p
     from tasks.run.resume import resumable_parameters
 
     out = tmp_path / "reports"
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(tmp_path / "prefect")}
-    env.pop("PREFECT_API_URL", None)
+    env = cli_env(tmp_path / "prefect")
     command = [sys.executable, "-m", "flows.cli", "run", "--dataset", "breast-cancer", "--epochs", "400",
                "--out", str(out)]
     process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -29,6 +29,7 @@ from sklearn.metrics import f1_score
 from sklearn.preprocessing import StandardScaler
 
 from tasks.model.run_model import detect_outputs, load_run_model
+from tasks.model.formats import detect_format
 from tasks.model.supplied import open_model
 from tasks.report import validator_figures
 from tasks.report.sections import ReportData, file_of
@@ -109,7 +110,7 @@ def compare_with_challenger(run_dir: str, files: dict[str, str], seed: int) -> d
     if given:
         copy = write_bytes_atomic(layout.path(run_dir, "challenger_model"), Path(given).read_bytes())
         theirs = owner_challenger(copy, val.inputs, val.feature_names, len(val.class_names)).argmax(1)
-        description = f"model supplied by the owner ({Path(given).name}, {open_model(copy).format})"
+        description = f"model supplied by the owner ({Path(given).name}, {detect_format(copy)})"
         written["challenger_model"] = file_ref(copy)
     else:
         scaler, challenger = fit_challenger(train.inputs, train.labels, seed)
