@@ -14,17 +14,21 @@ from tasks.run.errors import InputError
 from tests.conftest import task_runs
 
 
-@pytest.fixture(scope="module")
-def trained_cnn(tmp_path_factory):
+def trained_cifar_run(root: Path) -> Path:
+    """A run directory under `root` with a tiny CIFAR-10 split and the reference CNN trained on it for one epoch."""
     from tasks.steps.load import load_data
     from tasks.steps.train import train_model
     from tests.conftest import write_cifar10
 
-    root = tmp_path_factory.mktemp("dask")
     loaded = load_data(f"cifar10:{write_cifar10(root / 'cifar', per_batch=40)}", root / "out", seed=0,
                        val_fraction=0.25)
     train_model(loaded["files"]["train"]["path"], loaded["files"]["validation"]["path"], loaded["run_dir"], 1, 16, 0)
     return Path(loaded["run_dir"])
+
+
+@pytest.fixture(scope="module")
+def trained_cnn(tmp_path_factory):
+    return trained_cifar_run(tmp_path_factory.mktemp("dask"))
 
 
 def stage_inputs(trained: Path, run_dir: Path) -> str:
