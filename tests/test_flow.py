@@ -10,7 +10,7 @@ import pytest
 from pypdf import PdfReader
 
 from tasks.run import layout
-from tasks.run.artifacts import sha256_file
+from tasks.run.artifacts import current_umask, sha256_file
 from tests.conftest import run_report, subflow_run, task_runs
 
 SECTIONS = ("Model compliance report", "1. Purpose and use", "Summary", "Model card", "2. Design and data",
@@ -82,6 +82,9 @@ def test_flow_writes_a_complete_run_directory(flow_result):
     assert list((run_dir / ".prefect-results").iterdir())
     for rel, info in manifest["files"].items():
         assert sha256_file(run_dir / rel) == info["sha256"], rel
+    readable = 0o666 & ~current_umask()  # the umask's mode, not mkstemp's 0600 (colleagues read the report)
+    assert {p.relative_to(run_dir).as_posix(): oct(p.stat().st_mode & 0o777) for p in run_dir.rglob("*")
+            if p.is_file() and p.stat().st_mode & 0o777 != readable} == {}
     from tasks.run.verify import verify_run
 
     assert verify_run(run_dir) == []

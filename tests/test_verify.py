@@ -1,4 +1,6 @@
+import os
 import shutil
+import stat
 import subprocess
 import sys
 
@@ -6,7 +8,7 @@ import pytest
 
 from tasks.report.render import render_pdf
 from tasks.run import layout
-from tasks.run.artifacts import build_manifest, write_json_atomic, write_manifest
+from tasks.run.artifacts import build_manifest, current_umask, write_json_atomic, write_manifest
 from tasks.run.errors import InputError
 from tasks.run.verify import verify_run
 
@@ -124,3 +126,16 @@ def test_a_foreign_directory_under_out_does_not_break_finding_the_previous_run(r
     current.mkdir()
     assert previous_run(out, "digits", current) is None
     assert earlier_runs(out, "digits", current) == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
+def test_files_are_written_atomically_with_the_mode_the_umask_gives(tmp_path, umask):
+    """Not mkstemp's 0600: colleagues reading reports on shared storage need what their umask allows."""
+    saved = os.umask(umask)
+    try:
+        assert current_umask() == umask
+        path = write_json_atomic(tmp_path / "a" / "record.json", {"x": 1})
+    finally:
+        os.umask(saved)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    assert [p.name for p in path.parent.iterdir()] == ["record.json"]  # no temporary file left beside it

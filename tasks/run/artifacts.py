@@ -33,6 +33,21 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (os.umask sets it, racing other threads' file creation)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere than Linux: set and put back
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
@@ -43,6 +58,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
+            # The umask's mode, not mkstemp's (or a writer's own, safetensors') 0600: colleagues read reports.
+            os.fchmod(handle.fileno(), 0o666 & ~current_umask())
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
