@@ -257,6 +257,8 @@ def run_command(args: argparse.Namespace) -> int:
           f"largest SHAP additivity error: {result['max_additivity_error']:.2e}")
     print(f"checks: {result['checks_failed']} of {result['n_checks']} failed; "
           f"{result['limitations']} limitation(s) listed in section 5")
+    for name in result["failed"]:
+        print(f"  failed: {name}")
     print(f"run directory: {result['run_dir']}")
     print(f"report: {result['pdf']}")
     return 0

@@ -15,6 +15,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
+from prefect.states import Completed, State
 
 from flows.deepshap import deepshap_flow
 from flows.preflight import preflight
@@ -22,7 +23,7 @@ from flows.steps import WALL_SECONDS, StepFailed, resumable, step, timings
 from tasks.deepshap.stage import stage_outputs
 from tasks.report.build import render_report
 from tasks.run import layout
-from tasks.run.config import RunConfig
+from tasks.run.config import RunConfig, run_name
 from tasks.run.history import earlier_runs, previous_run
 from tasks.run.provenance import environment
 from tasks.run.resume import record_run
@@ -39,9 +40,19 @@ model_step = step(supplied_model, "model")
 model_card_step = step(store_model_card, "model-card")
 compare_step = step(compare_runs, "compare")
 report_step = step(render_report, "report")
+FINDINGS_STATE, FINDINGS_TAG = "Completed with findings", "findings"
 
 
-@flow(name="compliance_report", log_prints=True)
+def flow_run_name() -> str:
+    """`run_name` of this run's parameters and the day it was scheduled for (a schedule's run keeps its
+    month's date however late a worker picks it up)."""
+    parameters = flow_run.parameters
+    when = flow_run.scheduled_start_time
+    return run_name(str(parameters.get("dataset", RunConfig.dataset)), parameters.get("model"),
+                    when.strftime("%Y-%m-%d") if when else time.strftime("%Y-%m-%d", time.gmtime()))
+
+
+@flow(name="compliance_report", log_prints=True, flow_run_name=flow_run_name)
 def compliance_report(
     dataset: str = RunConfig.dataset,
     label: str | None = None,
@@ -118,12 +129,26 @@ def compliance_report(
     report = resumable(report_step, run_dir)(run_dir, results, config.to_json(), environment(), run_info,
                                              timings(results))
     publish_artifacts(run_dir, results, report)
-    return {"run_dir": run_dir, "pdf": report["files"]["report"]["path"],
+    result = {"run_dir": run_dir, "pdf": report["files"]["report"]["path"],
             "manifest": report["files"]["manifest"]["path"],
             "validation_accuracy": model_result(results)["final_validation"]["accuracy"],
             "max_additivity_error": results["deepshap"]["max_additivity_error"],
             "checks_failed": report["checks_failed"], "n_checks": report["n_checks"], "failed": report["failed"],
             "limitations": report["limitations"], "results": results}
+    return with_findings(result) if report["failed"] else result
+
+
+def with_findings(result: dict) -> State:
+    """A run whose report failed checks ends Completed (the report is made) under a name that says so, and is
+    tagged `findings`: the UI's run list and filters show it without opening the run."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run.get_id())
+        client.update_flow_run(run.id, tags=sorted({*run.tags, FINDINGS_TAG}))
+    message = (f"{result['checks_failed']} of {result['n_checks']} checks failed: {'; '.join(result['failed'])}. "
+               f"{result['limitations']} limitation(s) listed in section 5")
+    return Completed(name=FINDINGS_STATE, message=message, data=result)
 
 
 def shap_on_deployment(name: str, parameters: dict) -> dict:

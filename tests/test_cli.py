@@ -135,6 +135,10 @@ def test_two_runs_at_once_into_one_output_directory_both_finish(tmp_path):
     for run_dir in run_dirs:
         manifest = json.loads((run_dir / "manifest.json").read_text())
         assert "report.pdf" in manifest["files"]
+        stdout = next(stdout for stdout, _ in outputs if f"run directory: {run_dir}" in stdout)
+        n_failed = len([c for c in manifest["checks"] if not c["passed"]])
+        assert f"checks: {n_failed} of {len(manifest['checks'])} failed" in stdout
+        assert stdout.count("\n  failed: ") == n_failed  # the closing lines name each failed check
         for rel, info in manifest["files"].items():
             assert sha256_file(run_dir / rel) == info["sha256"], rel
 
@@ -165,3 +169,16 @@ def test_sigterm_to_the_command_alone_stops_the_run_and_says_how_to_resume(tmp_p
     assert stderr.strip().splitlines()[-1] == (f"accountability: interrupted; finish it with: accountability run "
                                                f"--resume {run_dir}")
     assert resumable_parameters(run_dir)["epochs"] == 400 and not (run_dir / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("dataset, model, name", [
+    ("digits", None, "digits-2026-12-01"),
+    ("csv:/data/loans.csv", "/models/scorecard.onnx", "loans-scorecard-2026-12-01"),
+    ("cifar10:/data/cifar-10", None, "cifar10-2026-12-01"),
+    ("imagefolder:/data/chest x-ray/", "~/m/v2.1.pt2", "chest-x-ray-v2.1-2026-12-01"),
+    ("parquet:/d/$(rm -rf).parquet", None, "rm--rf-2026-12-01"),
+])
+def test_flow_runs_are_named_after_the_data_the_model_and_the_day(dataset, model, name):
+    from tasks.run.config import run_name
+
+    assert run_name(dataset, model, "2026-12-01") == name

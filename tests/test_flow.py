@@ -141,6 +141,15 @@ def test_a_breast_cancer_report_has_every_technique_for_tables(table_flow_result
     from sklearn.datasets import load_breast_cancer
 
     assert state.is_completed()
+    assert result["failed"] and state.name == "Completed with findings"  # fairness fails: the UI's list says so
+    assert state.message.startswith(f"{result['checks_failed']} of {result['n_checks']} checks failed: ")
+    assert all(name in state.message for name in result["failed"])
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(state.state_details.flow_run_id)
+    assert "findings" in flow_run.tags and flow_run.state.name == "Completed with findings"
+    assert flow_run.name == f"breast_cancer_sites-{flow_run.expected_start_time:%Y-%m-%d}"
     text = pdf_text(result["pdf"])
     for section in SECTIONS + ("Misclassified rows", "Partial dependence and ICE", "Features (training split)",
                                "Reason codes for 'malignant'", "Reference MLP", "Parity difference", "by site",

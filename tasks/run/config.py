@@ -76,3 +76,16 @@ class RunConfig:
             values[key] = str(values[key]) if values[key] is not None else None
         values["protected"] = list(self.protected)
         return values
+
+
+def run_name(dataset: str, model: str | Path | None, day: str) -> str:
+    """A flow run's name: the data, the owner's model (none: the reference model) and the day, e.g.
+    ``digits-2026-12-01``, ``loans-scorecard-2026-12-01`` (csv:loans.csv, --model scorecard.onnx). The
+    Prefect UI lists runs by it, so the monthly report of a dataset is found by its name."""
+    kind, arg = dataset.partition(":")[::2]
+    parts = [kind if kind == "cifar10" or not arg else Path(arg.rstrip("/")).stem or kind]
+    if model:
+        parts.append(Path(str(model)).stem)
+    slug = "-".join("".join(ch if ch.isalnum() or ch in "._" else "-" for ch in part).strip("-.") or "data"
+                    for part in parts)
+    return f"{slug[:60]}-{day}"
