@@ -59,8 +59,8 @@ def compliance_report(
     model: str | None = None,
     outputs: str | None = None,
     epochs: int = RunConfig.epochs,
-    background: int = RunConfig.background,
-    explain_rows: int = RunConfig.explain_rows,
+    background: int | None = RunConfig.background,
+    explain_rows: int | None = RunConfig.explain_rows,
     seed: int = RunConfig.seed,
     out: str = str(RunConfig.out),
     shap_engine: str = RunConfig.shap_engine,
@@ -105,7 +105,8 @@ def compliance_report(
     else:
         results["train"] = resumable(train_step, run_dir)(*splits, run_dir, config.epochs, config.batch_size,
                                                           config.seed)
-    stage_parameters = {"run_dir": run_dir, "background": config.background, "rows": config.explain_rows,
+    sizes = loaded["sizes"]  # the defaults cut to a small dataset's splits
+    stage_parameters = {"run_dir": run_dir, "background": sizes["background"], "rows": sizes["explain_rows"],
                         "seed": config.seed, "engine": config.shap_engine, "shard_size": config.shard_size,
                         "dask_address": dask_address, "dask_workers": dask_workers}
     results["model-card"] = resumable(model_card_step, run_dir)(config.model_card, run_dir)
@@ -126,7 +127,9 @@ def compliance_report(
     url = flow_run.get_flow_run_ui_url()
     run_info = {"id": flow_run.get_id(), "name": flow_run.get_name(),
                 "url": url if url and not url.startswith("None") else "none (Prefect's ephemeral server has no UI)"}
-    report = resumable(report_step, run_dir)(run_dir, results, config.to_json(), environment(), run_info,
+    parameters = {**config.to_json(), "background": sizes["background"], "explain_rows": sizes["explain_rows"],
+                  "chosen": sizes["why"]}
+    report = resumable(report_step, run_dir)(run_dir, results, parameters, environment(), run_info,
                                              timings(results))
     publish_artifacts(run_dir, results, report)
     result = {"run_dir": run_dir, "pdf": report["files"]["report"]["path"],

@@ -46,7 +46,7 @@ def test_help_explains_every_option_with_its_default(tmp_path):
     for option, default in (("--dataset", "digits"), ("--epochs", "8"), ("--background", "200"),
                             ("--explain", "32"), ("--seed", "0"), ("--out", "reports"), ("--shard-size", "8")):
         assert option in result.stdout
-        assert f"(default: {default})" in " ".join(result.stdout.split())
+        assert f"(default: {default}" in " ".join(result.stdout.split())
     assert "cifar10:DIR" in result.stdout and "imagefolder:DIR" in result.stdout
     assert "--dask-workers N" in result.stdout and "--dask-address ADDRESS" in result.stdout
     assert "(default: None)" not in result.stdout and "(default: False)" not in result.stdout

@@ -34,6 +34,22 @@ def test_selection_with_no_mistakes_and_too_many_asked():
         select_background(6, 7, seed=0)
 
 
+def test_default_sizes_adapt_to_small_splits_and_given_ones_must_fit():
+    from tasks.steps.load import fit_sizes
+
+    assert fit_sizes(None, None, 1000, 500) == {"background": 200, "explain_rows": 32,
+                                                "why": {"background": "default 200", "explain_rows": "default 32"}}
+    small = fit_sizes(None, None, 48, 12)
+    assert (small["background"], small["explain_rows"]) == (48, 12)
+    assert small["why"] == {"background": "default 200, cut to the training split's 48 rows",
+                            "explain_rows": "default 32, cut to the validation split's 12 rows"}
+    assert fit_sizes(48, 5, 48, 12)["why"] == {"background": "given", "explain_rows": "given"}
+    with pytest.raises(InputError, match="--background 49 is larger than the training split \\(48 rows\\)"):
+        fit_sizes(49, None, 48, 12)
+    with pytest.raises(InputError, match="--explain 13 is larger than the validation split"):
+        fit_sizes(None, 13, 48, 12)
+
+
 def test_shap_values_of_a_linear_model_are_w_times_x_minus_mean():
     """Known answer: for f(x) = w.x + b, SHAP values are w * (x - mean(background))."""
     torch.manual_seed(0)

@@ -218,3 +218,22 @@ def test_the_second_run_compares_with_the_first_and_shows_the_model_card(table_f
     assert outcomes["accuracy"].round(6).tolist() == [round(before, 6), round(now, 6)]
     summary = json.loads(layout.path(second["run_dir"], "comparison_summary").read_text())
     assert summary["previous"] == Path(first["run_dir"]).name and summary["shared_rows"] == 114
+
+
+@pytest.mark.slow
+def test_a_small_table_runs_with_the_defaults_cut_to_its_splits(prefect_server, tmp_path):
+    """60 rows: the default background (200) and explained rows (32) cannot fit; they adapt, and the report's
+    parameters say what was used and why. (A number the user gives that cannot fit is refused: test_cli.)"""
+    import pandas as pd
+    from sklearn.datasets import load_breast_cancer
+
+    frame = load_breast_cancer(as_frame=True).frame
+    frame = pd.concat([frame[frame.target == 0].head(30), frame[frame.target == 1].head(30)])
+    frame.to_csv(tmp_path / "small.csv", index=False)
+    state, result = run_report(tmp_path / "reports", dataset=f"csv:{tmp_path / 'small.csv'}", label="target", epochs=1)
+    assert state.is_completed()
+    manifest = json.loads((Path(result["run_dir"]) / "manifest.json").read_text())
+    assert (manifest["parameters"]["background"], manifest["parameters"]["explain_rows"]) == (48, 12)
+    text = pdf_text(result["pdf"])
+    assert "48 (default 200, cut to the training split's 48 rows)" in text
+    assert "12 (default 32, cut to the validation split's 12 rows)" in text

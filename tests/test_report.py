@@ -157,7 +157,8 @@ def test_rendering_opens_no_file_outside_the_run_except_code_and_templates(tmp_p
     finally:
         opened, _OPENED = _OPENED, None
     allowed = [run_dir.resolve(), TEMPLATES_DIR, Path(sysconfig.get_paths()["purelib"]).resolve(),
-               Path(sysconfig.get_paths()["stdlib"]).resolve(), Path(sys.prefix).resolve()]
+               Path(sysconfig.get_paths()["stdlib"]).resolve(), Path(sys.prefix).resolve(),
+               Path("/proc/self").resolve()]  # the process's own umask, for the PDF's mode (tasks/run/artifacts.py)
     outside = [p for p in opened if not any(Path(p).resolve().is_relative_to(root) for root in allowed)]
     assert outside == []
     assert any(Path(p).resolve() == (run_dir / "figures" / "plot.png").resolve() for p in opened)

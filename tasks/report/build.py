@@ -76,6 +76,12 @@ def case_studies(data: ReportData, expected: list[float]) -> list[dict]:
     return cases
 
 
+def shown_parameters(params: dict) -> dict:
+    """The parameters as the appendix lists them: a size the run chose says why (a default cut to a small split)."""
+    why = params.get("chosen") or {}
+    return {key: f"{value} ({why[key]})" if key in why else value for key, value in params.items() if key != "chosen"}
+
+
 def render_report(run_dir: Path, results: dict, params: dict, environment: dict, flow_run: dict,
                   timings: dict | None = None, fetcher: RunFilesFetcher | None = None) -> dict:
     """Make the figures, render ``report.pdf`` and write ``manifest.json``; return their `file_ref`s.
@@ -172,7 +178,7 @@ def render_report(run_dir: Path, results: dict, params: dict, environment: dict,
         "check": {c.id: c.to_json() for c in checks},
         "limitations": model_card_limitations(model_card) + check_limitations(checks),
         "appendix": {
-            "parameters": params, "environment": environment, "flow_run": flow_run,
+            "parameters": shown_parameters(params), "environment": environment, "flow_run": flow_run,
             "attachments": {layout.FILES[key]: text for key, text in layout.ATTACHMENTS.items()},
             "shard_workers": shard_workers(run_dir), "timings": timings or {},
         },

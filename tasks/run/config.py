@@ -10,6 +10,9 @@ from tasks.run.errors import InputError
 
 SHAP_ENGINES = ("fast", "shap")  # tasks/deepshap/engine.py, or shap.DeepExplainer itself
 OUTPUT_KINDS = ("logits", "probabilities")
+# The defaults of --background and --explain: cut to the split's rows when it has fewer (tasks/steps/load.py
+# `fit_sizes`); a value the user gives must fit.
+DEFAULT_BACKGROUND, DEFAULT_EXPLAIN = 200, 32
 
 
 @dataclass(frozen=True)
@@ -21,8 +24,8 @@ class RunConfig:
     outputs: str | None = None  # the model's outputs: logits | probabilities; None: detected
     label: str | None = None  # csv/parquet datasets: the column holding the class
     epochs: int = 8  # training epochs
-    background: int = 200  # training rows in the SHAP background ("mask")
-    explain_rows: int = 32  # validation rows explained with DeepSHAP (and the other local methods)
+    background: int | None = None  # training rows in the SHAP background ("mask"); None: DEFAULT_BACKGROUND
+    explain_rows: int | None = None  # validation rows explained (DeepSHAP, other local methods); None: DEFAULT_EXPLAIN
     seed: int = 0  # seeds the split, weight init, shuffling and row selection
     out: Path = field(default=Path("reports"))  # parent directory of run directories
     batch_size: int = 64  # training batch size
@@ -41,7 +44,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         for name in ("epochs", "background", "explain_rows", "batch_size", "shard_size"):
             value = getattr(self, name)
-            if name == "shard_size" and value is None:
+            if name in ("shard_size", "background", "explain_rows") and value is None:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")

@@ -15,6 +15,7 @@ from tasks.data.dataset import Dataset, require_rows
 from tasks.data.sources import load_dataset
 from tasks.run import layout
 from tasks.run.artifacts import new_run_dir, write_parquet_atomic
+from tasks.run.config import DEFAULT_BACKGROUND, DEFAULT_EXPLAIN
 from tasks.run.errors import InputError
 from tasks.run.formats import file_ref, read_split, split_table
 from tasks.run.resume import clear_partial_files
@@ -31,12 +32,32 @@ class CheckedData:
     supplied: dict | None  # fit_data_to_model's record of the supplied model, None when training
     train_idx: np.ndarray
     val_idx: np.ndarray
+    sizes: dict  # fit_sizes: the background and explained rows the run uses, and why
+
+
+def fit_sizes(background: int | None, explain_rows: int | None, n_train: int, n_validation: int) -> dict:
+    """The background and explained rows a run uses. A number the user gave must fit its split (else
+    InputError); a default (None) is cut to the split's rows when it has fewer, and `why` says so for the
+    report's parameters table."""
+    sizes, why = {}, {}
+    for key, option, given, split, available, default in (
+            ("background", "background", background, "training", n_train, DEFAULT_BACKGROUND),
+            ("explain_rows", "explain", explain_rows, "validation", n_validation, DEFAULT_EXPLAIN)):
+        if given is not None:
+            require_rows(option, given, split, available)
+            sizes[key], why[key] = given, "given"
+        else:
+            sizes[key] = min(default, available)
+            why[key] = (f"default {default}" if sizes[key] == default else
+                        f"default {default}, cut to the {split} split's {available} rows")
+    return {**sizes, "why": why}
 
 
 _CHECKED: dict[tuple, CheckedData] = {}  # the CLI's check, kept for its own run's load step (taken once)
 
 
-def check_data(dataset: str, seed: int, val_fraction: float, background: int = 1, explain_rows: int = 1,
+def check_data(dataset: str, seed: int, val_fraction: float, background: int | None = 1,
+               explain_rows: int | None = 1,
                label: str | None = None, model: Path | None = None, outputs: str | None = None,
                protected: tuple[str, ...] = (), metadata: Path | None = None, keep_protected: bool = False,
                positive_class: str | None = None, challenger: Path | None = None, keep: bool = False) -> CheckedData:
@@ -59,15 +80,15 @@ def check_data(dataset: str, seed: int, val_fraction: float, background: int = 1
     if challenger is not None:  # it must take the same inputs: tried on a few rows
         owner_challenger(Path(challenger), data.inputs[:4], data.feature_names, len(data.class_names))
     train_idx, val_idx = _stratified_split(data, seed, val_fraction)
-    require_rows("background", background, "training", len(train_idx))
-    require_rows("explain", explain_rows, "validation", len(val_idx))
-    checked = CheckedData(data, supplied, train_idx, val_idx)
+    sizes = fit_sizes(background, explain_rows, len(train_idx), len(val_idx))
+    checked = CheckedData(data, supplied, train_idx, val_idx, sizes)
     if keep:
         _CHECKED[key] = checked
     return checked
 
 
-def load_data(dataset: str, out: Path, seed: int, val_fraction: float, background: int = 1, explain_rows: int = 1,
+def load_data(dataset: str, out: Path, seed: int, val_fraction: float, background: int | None = 1,
+              explain_rows: int | None = 1,
               label: str | None = None, resume: Path | None = None, model: Path | None = None,
               outputs: str | None = None, protected: tuple[str, ...] = (), metadata: Path | None = None,
               keep_protected: bool = False, positive_class: str | None = None,
@@ -85,6 +106,7 @@ def load_data(dataset: str, out: Path, seed: int, val_fraction: float, backgroun
     result = {"run_dir": str(run_dir), "dataset": data.name, "class_names": data.class_names,
               "modality": data.modality, "feature_names": data.feature_names,
               "input_shape": list(data.inputs.shape[1:]), "provenance": data.provenance, "model": supplied,
+              "sizes": checked.sizes,
               "protected": {"attributes": list(data.groups), "kept_as_features": bool(keep_protected and data.groups
                                                                                       and metadata is None)}}
     result["files"], result["class_counts"] = {}, {}
