@@ -15,7 +15,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
-from prefect.states import Completed, State
+from prefect.states import Completed, Failed, State
 
 from flows.deepshap import deepshap_flow
 from flows.preflight import preflight
@@ -24,6 +24,7 @@ from tasks.deepshap.stage import stage_outputs
 from tasks.report.build import render_report
 from tasks.run import layout
 from tasks.run.config import RunConfig, run_name
+from tasks.run.errors import InputError
 from tasks.run.history import earlier_runs, previous_run
 from tasks.run.provenance import environment
 from tasks.run.resume import record_run
@@ -76,7 +77,7 @@ def compliance_report(
     shap_deployment: str | None = None,
     dask_address: str | None = None,
     dask_workers: int = 0,
-) -> dict:
+) -> dict | State:
     """Train the reference model, or validate the user's `model` file, explain it and render a PDF compliance
     report into a new run directory.
 
@@ -84,12 +85,15 @@ def compliance_report(
     `shap_deployment` (e.g. "deepshap/gpu") sends the SHAP stage to that deployment's workers;
     `dask_address` / `dask_workers` spread its shards over Dask workers (see flows/deepshap.py).
     """
-    config = preflight(RunConfig(dataset=dataset, label=label, model=model, outputs=outputs, epochs=epochs,
-                                 background=background, explain_rows=explain_rows, seed=seed, out=Path(out),
-                                 shap_engine=shap_engine, model_card=model_card, compare=compare, resume=resume,
-                                 shard_size=shard_size, protected=tuple(protected or ()), metadata=metadata,
-                                 keep_protected=keep_protected, positive_class=positive_class, challenger=challenger),
-                       dask_address, dask_workers)
+    try:
+        config = preflight(RunConfig(dataset=dataset, label=label, model=model, outputs=outputs, epochs=epochs,
+                                     background=background, explain_rows=explain_rows, seed=seed, out=Path(out),
+                                     shap_engine=shap_engine, model_card=model_card, compare=compare, resume=resume,
+                                     shard_size=shard_size, protected=tuple(protected or ()), metadata=metadata,
+                                     keep_protected=keep_protected, positive_class=positive_class, challenger=challenger),
+                           dask_address, dask_workers)
+    except InputError as exc:  # one line in the UI, no traceback: a deployed run's parameters are checked here
+        return Failed(message=f"bad parameter: {exc}", data=exc)  # (a caller in Python gets the InputError)
     loaded = load_step(config.dataset, config.out, config.seed, config.val_fraction, config.background,
                        config.explain_rows, config.label, config.resume, config.model, config.outputs,
                        config.protected, config.metadata, config.keep_protected, config.positive_class,

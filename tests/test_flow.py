@@ -237,3 +237,34 @@ def test_a_small_table_runs_with_the_defaults_cut_to_its_splits(prefect_server, 
     text = pdf_text(result["pdf"])
     assert "48 (default 200, cut to the training split's 48 rows)" in text
     assert "12 (default 32, cut to the validation split's 12 rows)" in text
+
+
+def test_a_bad_parameter_fails_the_run_in_one_line_naming_it(prefect_server, tmp_path):
+    """What a deployed run shows in the UI: a Failed state whose message names the parameter, no traceback in
+    the run's log; a caller in Python gets the InputError itself."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    from tasks.run.errors import InputError
+
+    with pytest.raises(InputError, match="--epochs must be a positive integer, got 0"):
+        run_report(tmp_path / "reports", epochs=0)
+    from flows.compliance_report import compliance_report
+
+    state = compliance_report(out=str(tmp_path / "reports"), shap_engine="lime", return_state=True)
+    assert state.is_failed() and state.message == "bad parameter: --shap-engine must be one of fast, shap, got 'lime'"
+
+    async def logs():
+        from prefect.logging.handlers import APILogHandler
+
+        await APILogHandler.aflush()  # the run's log lines are sent in batches
+        async with get_client() as client:  # (null filters answer 422 with the pinned fastapi: see test above)
+            response = await client._client.post("/logs/filter", json={
+                "logs": {"flow_run_id": {"any_": [str(state.state_details.flow_run_id)]}}, "limit": 50})
+            return [entry["message"] for entry in response.json()]
+
+    messages = asyncio.run(logs())
+    assert messages and not any("Traceback" in m for m in messages)
+    assert not (tmp_path / "reports").exists()  # nothing was started
+
