@@ -137,11 +137,11 @@ def compliance_report(
                                              timings(results))
     publish_artifacts(run_dir, results, report)
     result = {"run_dir": run_dir, "pdf": report["files"]["report"]["path"],
-            "manifest": report["files"]["manifest"]["path"],
-            "validation_accuracy": model_result(results)["final_validation"]["accuracy"],
-            "max_additivity_error": results["deepshap"]["max_additivity_error"],
-            "checks_failed": report["checks_failed"], "n_checks": report["n_checks"], "failed": report["failed"],
-            "limitations": report["limitations"], "results": results}
+              "manifest": report["files"]["manifest"]["path"],
+              "validation_accuracy": model_result(results)["final_validation"]["accuracy"],
+              "max_additivity_error": results["deepshap"]["max_additivity_error"],
+              "checks_failed": report["checks_failed"], "n_checks": report["n_checks"], "failed": report["failed"],
+              "limitations": report["limitations"], "results": results}
     return with_findings(result) if report["failed"] else result
 
 

@@ -33,7 +33,6 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-
 def current_umask() -> int:
     """The process's umask, read without changing it (os.umask sets it, racing other threads' file creation)."""
     try:
