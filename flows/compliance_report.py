@@ -90,7 +90,8 @@ def compliance_report(
                                      background=background, explain_rows=explain_rows, seed=seed, out=Path(out),
                                      shap_engine=shap_engine, model_card=model_card, compare=compare, resume=resume,
                                      shard_size=shard_size, protected=tuple(protected or ()), metadata=metadata,
-                                     keep_protected=keep_protected, positive_class=positive_class, challenger=challenger),
+                                     keep_protected=keep_protected, positive_class=positive_class,
+                                     challenger=challenger),
                            dask_address, dask_workers)
     except InputError as exc:  # one line in the UI, no traceback: a deployed run's parameters are checked here
         return Failed(message=f"bad parameter: {exc}", data=exc)  # (a caller in Python gets the InputError)
