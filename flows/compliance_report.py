@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 from prefect import flow
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
@@ -18,7 +19,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
 from flows.deepshap import deepshap_flow
-from flows.preflight import preflight
+from flows.preflight import preflight, reports_url
 from flows.steps import WALL_SECONDS, StepFailed, resumable, step, timings
 from tasks.deepshap.stage import stage_outputs
 from tasks.report.build import render_report
@@ -169,6 +170,16 @@ def shap_on_deployment(name: str, parameters: dict) -> dict:
     return stage_outputs(parameters["run_dir"])
 
 
+def report_link(pdf: Path, base_url: str | None) -> str:
+    """Where the UI's link to the PDF points: under `base_url` (`reports_url()`, the address at which the
+    reports directory, --out, is published) when set, else the file itself (which browsers refuse to open
+    from a web page, but a desktop can)."""
+    pdf = pdf.resolve()
+    if not base_url:
+        return pdf.as_uri()
+    return "/".join([base_url.rstrip("/"), quote(pdf.parent.name), quote(pdf.name)])
+
+
 def publish_artifacts(run_dir: str, results: dict, report: dict) -> None:
     """Attach a summary, the validation metrics and a link to the PDF to the flow run (shown in the UI)."""
     final, shap = model_result(results)["final_validation"], results["deepshap"]
@@ -192,7 +203,7 @@ def publish_artifacts(run_dir: str, results: dict, report: dict) -> None:
         table=[{"metric": key, "value": round(float(value), 6)} for key, value in final.items()],
         description="Validation metrics of the final epoch",
     )
-    create_link_artifact(key="report-pdf", link=Path(pdf["path"]).resolve().as_uri(),
+    create_link_artifact(key="report-pdf", link=report_link(Path(pdf["path"]), reports_url()),
                          link_text="report.pdf", description="The rendered compliance report")
 
 

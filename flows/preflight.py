@@ -24,17 +24,29 @@ from tasks.run.history import check_previous_run
 from tasks.run.resume import resumable_parameters
 from tasks.steps.model_card import read_model_card
 
+REPORTS_URL = "ACCOUNTABILITY_REPORTS_URL"
+
 
 _PASSED: dict[tuple, RunConfig] = {}  # (config, Dask options) -> the checked config, for configs given and returned
 
 
 def preflight(config: RunConfig, dask_address: str | None = None, dask_workers: int = 0) -> RunConfig:
     """`config` with its paths resolved, or InputError naming what cannot work."""
+    reports_url()
     key = (config, dask_address, dask_workers)
     if key not in _PASSED:
         checked = _check(config, dask_address, dask_workers)
         _PASSED[key] = _PASSED[(checked, dask_address, dask_workers)] = checked
     return _PASSED[key]
+
+
+def reports_url() -> str | None:
+    """ACCOUNTABILITY_REPORTS_URL, the http(s) address at which the run directories under --out are published
+    (the UI's link to a report points there), checked; None when unset."""
+    url = os.environ.get(REPORTS_URL) or None
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise InputError(f"{REPORTS_URL} must be an http:// or https:// address, got {url!r}")
+    return url
 
 
 def _check(config: RunConfig, dask_address: str | None, dask_workers: int) -> RunConfig:

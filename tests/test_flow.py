@@ -268,3 +268,18 @@ def test_a_bad_parameter_fails_the_run_in_one_line_naming_it(prefect_server, tmp
     assert messages and not any("Traceback" in m for m in messages)
     assert not (tmp_path / "reports").exists()  # nothing was started
 
+
+def test_the_report_link_points_under_the_published_reports_address(tmp_path, monkeypatch):
+    from flows.compliance_report import report_link
+    from flows.preflight import reports_url
+    from tasks.run.errors import InputError
+
+    pdf = tmp_path / "20261201T060000Z-digits-0a1b2c3d" / "report.pdf"
+    assert report_link(pdf, None) == pdf.resolve().as_uri()
+    assert report_link(pdf, "https://reports.bank.example/mrm/") == \
+        "https://reports.bank.example/mrm/20261201T060000Z-digits-0a1b2c3d/report.pdf"
+    odd = tmp_path / "run #1?" / "report.pdf"
+    assert report_link(odd, "http://127.0.0.1:4280").endswith("/run%20%231%3F/report.pdf")
+    monkeypatch.setenv("ACCOUNTABILITY_REPORTS_URL", "javascript:alert(1)")  # refused before a run starts
+    with pytest.raises(InputError, match="ACCOUNTABILITY_REPORTS_URL must be an http:// or https:// address"):
+        reports_url()
