@@ -37,7 +37,45 @@ def stack(tmp_path_factory):
         yield {"api": f"http://127.0.0.1:{port}/api", "env": {**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"},
                "base": base}
     finally:
+        started = [int(p.read_text()) for p in (base / "state").glob("*.pid")]
         subprocess.run([str(ROOT / "deploy" / "stack.sh"), "down"], env=env, timeout=120)
+    assert len(started) == 3 and not [pid for pid in started if group_alive(pid)]  # down leaves no process
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def stack_sh(stack, command: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([str(ROOT / "deploy" / "stack.sh"), command], env={**stack["env"], **env}, timeout=120,
+                          capture_output=True, text=True)
+
+
+def test_up_twice_or_on_a_taken_port_is_refused_in_one_line_and_status_reports(stack):
+    state = stack["base"] / "state"
+    pids = {p.name: p.read_text() for p in state.glob("*.pid")}
+    again = stack_sh(stack, "up")
+    assert again.returncode == 1 and again.stderr.count("\n") == 1, again.stderr
+    assert "stack.sh: already running (server, pid" in again.stderr
+    assert {p.name: p.read_text() for p in state.glob("*.pid")} == pids  # the running stack is untouched
+    assert (state / "server.log").read_text().count("=== ") == 1  # its log too (a start appends, never truncates)
+
+    other = stack_sh(stack, "up", STACK_DIR=str(stack["base"] / "other"))  # another stack, the same port
+    port = stack["env"]["PORT"]
+    assert other.returncode == 1 and f"port {port} on 127.0.0.1 is taken by another program" in other.stderr
+    assert not list((stack["base"] / "other").glob("*.pid"))
+
+    status = stack_sh(stack, "status")
+    assert status.returncode == 0, status.stdout
+    for name in ("server", "worker-cpu", "worker-gpu"):
+        assert f"{name}: running (pid {pids[name + '.pid'].strip()})" in status.stdout
+    assert f"server: answers at {stack['api']}" in status.stdout
+    stopped = stack_sh(stack, "status", STACK_DIR=str(stack["base"] / "other"), PORT=str(free_port()))
+    assert stopped.returncode == 1 and "server: stopped" in stopped.stdout
 
 
 def api(stack, path: str, body: dict | None = None):
