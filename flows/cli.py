@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from tasks.run import layout
-from tasks.run.config import SHAP_ENGINES, RunConfig
+from tasks.run.config import DEFAULT_BACKGROUND, DEFAULT_EXPLAIN, SHAP_ENGINES, RunConfig
 from tasks.run.errors import InputError
 
 EXIT_INPUT_ERROR = 2
@@ -79,11 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--epochs", type=_positive_int, default=RunConfig.epochs, metavar="N",
                      help="training epochs (not used with --model)")
     run.add_argument("--background", type=_positive_int, default=RunConfig.background, metavar="N",
-                     help="training rows (images) in the SHAP background (the 'mask') (default: 200, or every "
-                          "training row when the split has fewer)")
+                     help=f"training rows (images) in the SHAP background (the 'mask') (default: {DEFAULT_BACKGROUND}, "
+                          "or every training row when the split has fewer)")
     run.add_argument("--explain", dest="explain_rows", type=_positive_int, default=RunConfig.explain_rows, metavar="N",
                      help="validation rows (images) to explain, every class and misclassified ones included "
-                          "(default: 32, or every validation row when the split has fewer)")
+                          f"(default: {DEFAULT_EXPLAIN}, or every validation row when the split has fewer)")
     run.add_argument("--seed", type=_seed, default=RunConfig.seed, metavar="N",
                      help="seed for the split, initial weights, shuffling and the choice of rows")
     run.add_argument("--out", type=Path, default=RunConfig.out, metavar="DIR",

@@ -152,9 +152,8 @@ def with_findings(result: dict) -> State:
     tagged `findings`: the UI's run list and filters show it without opening the run."""
     from prefect.client.orchestration import get_client
 
-    with get_client(sync_client=True) as client:
-        run = client.read_flow_run(flow_run.get_id())
-        client.update_flow_run(run.id, tags=sorted({*run.tags, FINDINGS_TAG}))
+    with get_client(sync_client=True) as client:  # (the run's own tags are in its context: no read)
+        client.update_flow_run(flow_run.get_id(), tags=sorted({*flow_run.tags, FINDINGS_TAG}))
     message = (f"{result['checks_failed']} of {result['n_checks']} checks failed: {'; '.join(result['failed'])}. "
                f"{result['limitations']} limitation(s) listed in section 5")
     return Completed(name=FINDINGS_STATE, message=message, data=result)
