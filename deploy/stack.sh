@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# A whole local Prefect stack for accountability: a server on 127.0.0.1 (SQLite), the cpu and gpu
-# process work pools, the deployments of deploy/prefect.yaml, and one worker per pool.
+# A whole local Prefect stack for accountability: a server on 127.0.0.1 (SQLite, or PostgreSQL), the cpu and
+# gpu process work pools, the deployments of deploy/prefect.yaml, one worker per pool, and a read-only HTTP
+# server of the reports directory (what the UI's report links open).
 #   deploy/stack.sh up      start it (state, logs and pids in $STACK_DIR, default .stack/)
 #   deploy/stack.sh status  which of its processes run, and whether the server answers
 #   deploy/stack.sh down    stop every process it started
-# Settings (environment): PORT (4200), STACK_DIR (.stack), ACCOUNTABILITY_REPORTS (reports),
-# ACCOUNTABILITY_GPUS (0: the CUDA devices the gpu worker's runs see), GPU_COUNT (1: the gpu pool's limit),
-# PREFECT_SERVER_API_AUTH_STRING (user:password: the server then answers 401 without it).
+# Settings (environment): PORT (4200: the UI and API), REPORTS_PORT (PORT+1: the reports), STACK_DIR (.stack),
+# ACCOUNTABILITY_REPORTS (reports), ACCOUNTABILITY_GPUS (0: the CUDA devices the gpu worker's runs see),
+# GPU_COUNT (1: the gpu pool's limit), PREFECT_SERVER_API_AUTH_STRING (user:password: the API and the reports
+# then answer 401 without it), DATABASE (sqlite, or postgres: a PostgreSQL server of its own on 127.0.0.1,
+# PG_PORT (PORT+2), its data in PG_DATA ($STACK_DIR/postgres), run as the postgres user when started by root).
 set -Eeuo pipefail  # -E: the ERR trap of `up` fires inside the functions it calls
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -19,13 +22,27 @@ export PREFECT_SERVER_ANALYTICS_ENABLED=false
 export ACCOUNTABILITY_ROOT=$ROOT
 export ACCOUNTABILITY_REPORTS=$(mkdir -p "${ACCOUNTABILITY_REPORTS:-reports}" && cd "${ACCOUNTABILITY_REPORTS:-reports}" && pwd)
 export ACCOUNTABILITY_GPUS=${ACCOUNTABILITY_GPUS:-0}
+REPORTS_PORT=${REPORTS_PORT:-$((PORT + 1))}
+export ACCOUNTABILITY_REPORTS_URL=${ACCOUNTABILITY_REPORTS_URL:-http://127.0.0.1:$REPORTS_PORT}  # the runs' PDF links
 if [ -n "${PREFECT_SERVER_API_AUTH_STRING:-}" ]; then  # a protected API: this script and its workers log in
   export PREFECT_API_AUTH_STRING=${PREFECT_API_AUTH_STRING:-$PREFECT_SERVER_API_AUTH_STRING}
+  export ACCOUNTABILITY_REPORTS_AUTH=${ACCOUNTABILITY_REPORTS_AUTH:-$PREFECT_SERVER_API_AUTH_STRING}
 fi
 CURL_AUTH=()
 [ -n "${PREFECT_API_AUTH_STRING:-}" ] && CURL_AUTH=(-u "$PREFECT_API_AUTH_STRING")
+DATABASE=${DATABASE:-sqlite}
+PG_PORT=${PG_PORT:-$((PORT + 2))}
+PG_DATA=${PG_DATA:-$STACK_DIR/postgres}
+PG_BIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2> /dev/null | sort -V | tail -n 1 || true)}
+PG_AS=()  # PostgreSQL refuses to run as root: root runs it as the postgres user
+[ "$(id -u)" != 0 ] || PG_AS=(runuser -u postgres --)
+DATABASE_URL=  # set by start_postgres, given to the server process only
 
-NAMES=(server worker-cpu worker-gpu)
+case "$DATABASE" in
+  sqlite) NAMES=(server reports worker-cpu worker-gpu) ;;
+  postgres) NAMES=(postgres server reports worker-cpu worker-gpu) ;;
+  *) echo "stack.sh: DATABASE must be sqlite or postgres, got '$DATABASE'" >&2; exit 2 ;;
+esac
 
 start() {  # start NAME CMD...: in its own process group, pid in $STACK_DIR/NAME.pid; the log is appended to
   local name=$1; shift
@@ -39,8 +56,33 @@ alive() {  # alive NAME: its process group is running
   [ -f "$pidfile" ] && kill -0 -- "-$(cat "$pidfile")" 2> /dev/null
 }
 
-port_taken() {
-  (exec 3<> "/dev/tcp/127.0.0.1/$PORT") 2> /dev/null
+port_taken() {  # port_taken PORT: something on 127.0.0.1 accepts connections there
+  (exec 3<> "/dev/tcp/127.0.0.1/$1") 2> /dev/null
+}
+
+start_postgres() {  # a cluster of its own in $PG_DATA (created on the first start), on 127.0.0.1:$PG_PORT only
+  [ -x "$PG_BIN/postgres" ] || { echo "stack.sh: PostgreSQL not found (Debian: apt-get install postgresql)" >&2; return 1; }
+  local password_file=$STACK_DIR/postgres.password
+  if [ ! -f "$PG_DATA/PG_VERSION" ]; then
+    mkdir -p "$PG_DATA" && chmod 700 "$PG_DATA"
+    [ "$(id -u)" != 0 ] || chown postgres: "$PG_DATA"
+    "${PG_AS[@]}" test -w "$PG_DATA" || { echo "stack.sh: the postgres user cannot reach $PG_DATA: set PG_DATA" >&2; return 1; }
+    (umask 077 && head -c 24 /dev/urandom | base64 | tr '+/' '-_' > "$password_file")
+    local pwfile=$PG_DATA/.initdb-password  # inside the cluster's own directory, readable by its owner only
+    (umask 077 && cp "$password_file" "$pwfile")
+    [ "$(id -u)" != 0 ] || chown postgres: "$pwfile"
+    "${PG_AS[@]}" "$PG_BIN/initdb" -D "$PG_DATA" -U prefect --auth=scram-sha-256 --pwfile="$pwfile" -E UTF8 \
+      --locale=C.UTF-8 >> "$STACK_DIR/postgres.log" 2>&1
+    rm -f "$pwfile"
+  fi
+  start postgres "${PG_AS[@]}" "$PG_BIN/postgres" -D "$PG_DATA" -c listen_addresses=127.0.0.1 -p "$PG_PORT" \
+    -c unix_socket_directories=
+  for _ in $(seq 1 60); do "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" && break; sleep 0.5; done
+  local password; password=$(cat "$password_file")
+  PGPASSWORD=$password "$PG_BIN/psql" -q -h 127.0.0.1 -p "$PG_PORT" -U prefect -d postgres -tAc \
+    "SELECT 1 FROM pg_database WHERE datname = 'prefect'" | grep -q 1 \
+    || PGPASSWORD=$password "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U prefect prefect
+  DATABASE_URL="postgresql+asyncpg://prefect:$password@127.0.0.1:$PG_PORT/prefect"
 }
 
 hint_env() {  # the variables a shell needs to talk to this stack
@@ -56,12 +98,21 @@ up() {
       exit 1
     fi
   done
-  if port_taken; then
-    echo "stack.sh: port $PORT on 127.0.0.1 is taken by another program: set PORT=... to use another" >&2
-    exit 1
-  fi
+  local ports=("PORT=$PORT" "REPORTS_PORT=$REPORTS_PORT")
+  [ "$DATABASE" != postgres ] || ports+=("PG_PORT=$PG_PORT")
+  for setting in "${ports[@]}"; do
+    if port_taken "${setting#*=}"; then
+      echo "stack.sh: port ${setting#*=} on 127.0.0.1 is taken by another program: set ${setting%%=*}=... to use another" >&2
+      exit 1
+    fi
+  done
   trap 'echo "stack.sh up failed: stopping what it started (logs in $STACK_DIR)" >&2; down' ERR
-  start server "$PREFECT" server start --host 127.0.0.1 --port "$PORT"
+  [ "$DATABASE" != postgres ] || start_postgres
+  start reports "$(dirname "$PREFECT")/accountability" serve-reports "$ACCOUNTABILITY_REPORTS" --port "$REPORTS_PORT"
+  (  # the database's password goes to the server's environment alone (not to its command line, not to the workers)
+    [ -z "$DATABASE_URL" ] || export PREFECT_API_DATABASE_CONNECTION_URL=$DATABASE_URL
+    start server "$PREFECT" server start --host 127.0.0.1 --port "$PORT"
+  )
   for _ in $(seq 1 120); do
     curl -sf "${CURL_AUTH[@]}" "$PREFECT_API_URL/health" > /dev/null && break
     sleep 1
@@ -76,7 +127,8 @@ up() {
   start worker-cpu "$PREFECT" worker start --pool cpu --name cpu-worker
   start worker-gpu "$PREFECT" worker start --pool gpu --name gpu-worker
   trap - ERR
-  echo "Prefect UI: http://127.0.0.1:$PORT  (API $PREFECT_API_URL); reports in $ACCOUNTABILITY_REPORTS"
+  echo "Prefect UI: http://127.0.0.1:$PORT  (API $PREFECT_API_URL, database $DATABASE)"
+  echo "reports: $ACCOUNTABILITY_REPORTS, served at http://127.0.0.1:$REPORTS_PORT (the runs' PDF links point to $ACCOUNTABILITY_REPORTS_URL)"
   echo "run one now: $(hint_env) $PREFECT deployment run compliance_report/monthly"
 }
 
@@ -91,11 +143,16 @@ status() {  # exit 0 when every process runs and the server answers, else 1
   else
     echo "server: does not answer at $PREFECT_API_URL"; ok=1
   fi
+  if curl -sf -o /dev/null "${CURL_AUTH[@]}" "http://127.0.0.1:$REPORTS_PORT/"; then
+    echo "reports: served at http://127.0.0.1:$REPORTS_PORT (the runs' PDF links point to $ACCOUNTABILITY_REPORTS_URL)"
+  else
+    echo "reports: not served at http://127.0.0.1:$REPORTS_PORT"; ok=1
+  fi
   return $ok
 }
 
 down() {
-  for name in worker-cpu worker-gpu server; do  # workers first: they report to the server as they stop
+  for name in worker-cpu worker-gpu reports server postgres; do  # workers first: they report to the server as they stop
     local pidfile=$STACK_DIR/$name.pid
     [ -f "$pidfile" ] || continue
     local pid; pid=$(cat "$pidfile")

@@ -14,6 +14,7 @@ from pathlib import Path
 from tasks.run import layout
 from tasks.run.config import DEFAULT_BACKGROUND, DEFAULT_EXPLAIN, SHAP_ENGINES, RunConfig
 from tasks.run.errors import InputError
+from tasks.run.serve import REPORTS_AUTH, REPORTS_URL
 
 EXIT_INPUT_ERROR = 2
 
@@ -34,6 +35,13 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (1-65535)")
     return value
 
 
@@ -147,6 +155,19 @@ def build_parser() -> argparse.ArgumentParser:
         "artifact that changed, went missing or was added since manifest.json was written; exit 1 if any did.",
     )
     verify.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory written by 'accountability run'")
+
+    serve = commands.add_parser(
+        "serve-reports",
+        help="serve a reports directory read-only over HTTP (what the UI's report links point to)",
+        description="Serve the run directories under DIR read-only (GET and HEAD; no hidden files, no symbolic "
+        "links) so that a run's report-pdf link opens from the Prefect UI: point the workers' "
+        f"{REPORTS_URL} at this address. With {REPORTS_AUTH}=user:password in the environment every request "
+        "needs HTTP basic auth; serving beyond 127.0.0.1 needs it. deploy/stack.sh starts one.",
+        formatter_class=_HelpFormatter,
+    )
+    serve.add_argument("reports", type=Path, metavar="DIR", help="the reports directory (the runs' --out)")
+    serve.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    serve.add_argument("--port", type=_port, default=4201, help="the TCP port to listen on")
     return parser
 
 
@@ -306,9 +327,17 @@ def verify_command(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def serve_reports_command(args: argparse.Namespace) -> int:
+    from tasks.run.serve import serve_reports
+
+    serve_reports(args.reports, args.host, args.port, os.environ.get(REPORTS_AUTH) or None)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"run": run_command, "explain-image": explain_image_command, "verify": verify_command}
+    commands = {"run": run_command, "explain-image": explain_image_command, "verify": verify_command,
+                "serve-reports": serve_reports_command}
     environment = dict(os.environ)
     try:
         return commands[args.command](args)

@@ -26,6 +26,7 @@ from tasks.report.build import render_report
 from tasks.run import layout
 from tasks.run.config import RunConfig, run_name
 from tasks.run.errors import InputError
+from tasks.run.progress import RunProgress
 from tasks.run.history import earlier_runs, previous_run
 from tasks.run.provenance import environment
 from tasks.run.resume import record_run
@@ -96,47 +97,59 @@ def compliance_report(
                            dask_address, dask_workers)
     except InputError as exc:  # one line in the UI, no traceback: a deployed run's parameters are checked here
         return Failed(message=f"bad parameter: {exc}", data=exc)  # (a caller in Python gets the InputError)
-    loaded = load_step(config.dataset, config.out, config.seed, config.val_fraction, config.background,
-                       config.explain_rows, config.label, config.resume, config.model, config.outputs,
-                       config.protected, config.metadata, config.keep_protected, config.positive_class,
-                       config.challenger)
+    progress = RunProgress()  # one artifact on this run, moving through the stages below
+    with progress.stage("load data"):
+        loaded = load_step(config.dataset, config.out, config.seed, config.val_fraction, config.background,
+                           config.explain_rows, config.label, config.resume, config.model, config.outputs,
+                           config.protected, config.metadata, config.keep_protected, config.positive_class,
+                           config.challenger)
     run_dir = loaded["run_dir"]
     record_run(run_dir, {k: v for k, v in config.to_json().items() if k != "resume"})
+    techniques = run_order(applicable(loaded["modality"]))
+    progress.count = 6 + len(techniques)  # load, model, model card, SHAP, the techniques, compare, report
     results = {"load": loaded}
     splits = str(layout.path(run_dir, "train")), str(layout.path(run_dir, "validation"))
     if config.model is not None:
-        results["model"] = resumable(model_step, run_dir)(str(config.model), *splits, run_dir,
-                                                          loaded["model"]["outputs"],
-                                                          loaded["model"]["outputs_declared"])
+        with progress.stage("validate the model"):
+            results["model"] = resumable(model_step, run_dir)(str(config.model), *splits, run_dir,
+                                                              loaded["model"]["outputs"],
+                                                              loaded["model"]["outputs_declared"])
     else:
-        results["train"] = resumable(train_step, run_dir)(*splits, run_dir, config.epochs, config.batch_size,
-                                                          config.seed)
+        with progress.stage("train"):
+            results["train"] = resumable(train_step, run_dir)(*splits, run_dir, config.epochs, config.batch_size,
+                                                              config.seed)
     sizes = loaded["sizes"]  # the defaults cut to a small dataset's splits
     stage_parameters = {"run_dir": run_dir, "background": sizes["background"], "rows": sizes["explain_rows"],
                         "seed": config.seed, "engine": config.shap_engine, "shard_size": config.shard_size,
                         "dask_address": dask_address, "dask_workers": dask_workers}
-    results["model-card"] = resumable(model_card_step, run_dir)(config.model_card, run_dir)
+    with progress.stage("model card"):
+        results["model-card"] = resumable(model_card_step, run_dir)(config.model_card, run_dir)
     started = time.perf_counter()
-    results["deepshap"] = (shap_on_deployment(shap_deployment, stage_parameters) if shap_deployment
-                           else deepshap_flow(**stage_parameters))
+    with progress.stage("SHAP") as shap_stage:  # a deployed SHAP stage moves this run's artifact too
+        stage_parameters["run_stage"] = shap_stage.to_json() if shap_stage else None
+        results["deepshap"] = (shap_on_deployment(shap_deployment, stage_parameters) if shap_deployment
+                               else deepshap_flow(**stage_parameters))
     results["deepshap"][WALL_SECONDS] = round(time.perf_counter() - started, 3)
     capabilities = json.loads(layout.path(run_dir, "model").read_text())["capabilities"]
-    for technique in run_order(applicable(loaded["modality"])):
-        if reason := unavailable(technique, capabilities, results["model-card"]["materiality"]):
-            results[technique.name] = {"skipped": reason}
-            continue
-        technique_step = resumable(step(technique.step, technique.name, tags=list(technique.tags)), run_dir)
-        results[technique.name] = technique_step(run_dir, layout.paths(run_dir, technique.reads), config.seed)
+    for technique in techniques:
+        with progress.stage(technique.title):
+            if reason := unavailable(technique, capabilities, results["model-card"]["materiality"]):
+                results[technique.name] = {"skipped": reason}
+                continue
+            technique_step = resumable(step(technique.step, technique.name, tags=list(technique.tags)), run_dir)
+            results[technique.name] = technique_step(run_dir, layout.paths(run_dir, technique.reads), config.seed)
     previous = config.compare or previous_run(config.out, config.dataset, Path(run_dir))
-    results["compare"] = resumable(compare_step, run_dir)(run_dir, previous)
+    with progress.stage("compare with the last run"):
+        results["compare"] = resumable(compare_step, run_dir)(run_dir, previous)
     results["history"] = [str(p) for p in earlier_runs(config.out, config.dataset, Path(run_dir))]
     url = flow_run.get_flow_run_ui_url()
     run_info = {"id": flow_run.get_id(), "name": flow_run.get_name(),
                 "url": url if url and not url.startswith("None") else "none (Prefect's ephemeral server has no UI)"}
     parameters = {**config.to_json(), "background": sizes["background"], "explain_rows": sizes["explain_rows"],
                   "chosen": sizes["why"]}
-    report = resumable(report_step, run_dir)(run_dir, results, parameters, environment(), run_info,
-                                             timings(results))
+    with progress.stage("report"):
+        report = resumable(report_step, run_dir)(run_dir, results, parameters, environment(), run_info,
+                                                 timings(results))
     publish_artifacts(run_dir, results, report)
     result = {"run_dir": run_dir, "pdf": report["files"]["report"]["path"],
               "manifest": report["files"]["manifest"]["path"],
@@ -144,6 +157,7 @@ def compliance_report(
               "max_additivity_error": results["deepshap"]["max_additivity_error"],
               "checks_failed": report["checks_failed"], "n_checks": report["n_checks"], "failed": report["failed"],
               "limitations": report["limitations"], "results": results}
+    progress.done("done, with findings" if report["failed"] else "done")
     return with_findings(result) if report["failed"] else result
 
 

@@ -23,7 +23,7 @@ from flows.preflight import check_dask_options
 from flows.steps import resumable, step
 from tasks.deepshap.stage import explain_shard, merge_shards, plan_explanation, restoring_torch_threads
 from tasks.run import layout
-from tasks.run.progress import progress_bar
+from tasks.run.progress import RunProgress, in_stage, progress_bar
 
 STAGE_STEPS = {
     "plan": step(plan_explanation, "deepshap-plan", tags=["gpu"]),
@@ -77,12 +77,14 @@ def environment_kept():
 
 @flow(name="deepshap", log_prints=True)
 def deepshap_flow(run_dir: str, background: int, rows: int, seed: int, engine: str = "fast",
-                  shard_size: int | None = None, dask_address: str | None = None, dask_workers: int = 0) -> dict:
+                  shard_size: int | None = None, dask_address: str | None = None, dask_workers: int = 0,
+                  run_stage: dict | None = None) -> dict:
     """DeepSHAP values for `rows` validation rows against `background` training rows, into run_dir/deepshap/.
 
     The rows are cut into shards of `shard_size` (None: 8 on a CPU, 512 on a GPU), each a `deepshap-shard` task run on the runner that
     `dask_address` / `dask_workers` choose; the values do not depend on that choice. Deployed (deepshap/gpu),
     the options are checked here; in-process, the compliance_report flow's preflight checked them.
+    `run_stage` (a `RunStage`): the parent run's progress artifact this stage moves; without it, one of its own.
     """
     check_dask_options(dask_address, dask_workers)  # before the plan (cheap; no file is read)
     steps = {name: resumable(prefect_task, run_dir) for name, prefect_task in STAGE_STEPS.items()}
@@ -92,7 +94,8 @@ def deepshap_flow(run_dir: str, background: int, rows: int, seed: int, engine: s
     plan_path = planned["plan"]["path"]
     shard_paths = []
     description = f"SHAP ({engine}, {len(planned['shards'])} shards)"
-    with (environment_kept(), restoring_torch_threads() as threads,
+    with (in_stage(run_stage) if run_stage else RunProgress(1).stage("SHAP"),
+          environment_kept(), restoring_torch_threads() as threads,
           shard_runner(dask_address, dask_workers, threads) as runner,
           progress_bar(description, total=rows) as advance):
         futures = [runner.submit(steps["shard"].task, {"model_path": model_path, "plan_path": plan_path,

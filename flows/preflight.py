@@ -22,10 +22,8 @@ from tasks.run.config import RunConfig
 from tasks.run.errors import InputError
 from tasks.run.history import check_previous_run
 from tasks.run.resume import resumable_parameters
+from tasks.run.serve import REPORTS_URL
 from tasks.steps.model_card import read_model_card
-
-REPORTS_URL = "ACCOUNTABILITY_REPORTS_URL"
-
 
 _PASSED: dict[tuple, RunConfig] = {}  # (config, Dask options) -> the checked config, for configs given and returned
 

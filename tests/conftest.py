@@ -71,9 +71,7 @@ def prefect_server():
 
 
 def task_runs(flow_run_id) -> list:
-    """The task runs of one flow run, oldest first, from the Prefect API.
-
-    (This server, prefect 3.8.8 with fastapi 0.154, answers 422 to a null sort: always give one.)"""
+    """The task runs of one flow run, oldest first, from the Prefect API."""
     import asyncio
 
     from prefect.client.orchestration import get_client

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -106,6 +107,9 @@ def test_flow_writes_a_complete_run_directory(flow_result):
 def test_the_server_recorded_the_task_runs_and_the_artifacts(flow_result):
     state, _ = flow_result
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from tasks.run.progress import RUN_PROGRESS_KEY
 
     flow_run_id = state.state_details.flow_run_id
 
@@ -115,15 +119,18 @@ def test_the_server_recorded_the_task_runs_and_the_artifacts(flow_result):
         async with get_client() as client:
             flow_run = await client.read_flow_run(flow_run_id)
 
-            async def artifacts(run_id):  # this server (prefect 3.8.8, fastapi 0.154) answers 422 to null filters
-                response = await client._client.post("/artifacts/filter", json={
-                    "artifacts": {"flow_run_id": {"any_": [str(run_id)]}}, "sort": "KEY_ASC", "limit": 20})
-                return response.json()
+            async def artifacts(run_id):
+                return await client.read_artifacts(
+                    artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
 
             return flow_run, await artifacts(flow_run.id), await artifacts(explain_run.id)
 
     flow_run, artifacts, explain_artifacts = asyncio.run(query())
-    assert any(a["type"] == "progress" and a["data"] == 100.0 for a in explain_artifacts)  # the SHAP bar, done
+    # One progress artifact, on the run the user watches, moved through every stage (the SHAP subflow's included)
+    (progress,) = [a for a in artifacts if a.type == "progress"]
+    assert progress.key == RUN_PROGRESS_KEY and progress.data == 100.0
+    assert re.fullmatch(r"(\d+)/\1 done(, with findings)?, 100%", progress.description), progress.description
+    assert not [a for a in explain_artifacts if a.type == "progress"]
     tasks = task_runs(flow_run_id)
     explain_tasks = task_runs(explain_run.id)
     assert flow_run.state.is_completed() and explain_run.state.is_completed()
@@ -132,7 +139,7 @@ def test_the_server_recorded_the_task_runs_and_the_artifacts(flow_result):
     shards = [t for t in explain_tasks if t.name.startswith("deepshap-shard")]
     assert len(shards) == 1 and len(explain_tasks) == 3  # 8 images, 8 per shard: plan, one shard, merge
     assert "gpu" in shards[0].tags
-    assert {a["key"] for a in artifacts} >= {"compliance-summary", "validation-metrics", "report-pdf"}
+    assert {a.key for a in artifacts} >= {"compliance-summary", "validation-metrics", "report-pdf"}
 
 
 @pytest.mark.slow
@@ -223,7 +230,8 @@ def test_the_second_run_compares_with_the_first_and_shows_the_model_card(table_f
 @pytest.mark.slow
 def test_a_small_table_runs_with_the_defaults_cut_to_its_splits(prefect_server, tmp_path):
     """60 rows: the default background (200) and explained rows (32) cannot fit; they adapt, and the report's
-    parameters say what was used and why. (A number the user gives that cannot fit is refused: test_cli.)"""
+    parameters say what was used and why; permutation importance shuffles more often on 12 validation rows.
+    (A number the user gives that cannot fit is refused: test_cli.)"""
     import pandas as pd
     from sklearn.datasets import load_breast_cancer
 
@@ -237,14 +245,16 @@ def test_a_small_table_runs_with_the_defaults_cut_to_its_splits(prefect_server, 
     text = pdf_text(result["pdf"])
     assert "48 (default 200, cut to the training split's 48 rows)" in text
     assert "12 (default 32, cut to the validation split's 12 rows)" in text
+    assert "50 shuffles each (default 10, raised for 12 validation rows (about 2,000 shuffled rows per group" in text
+    importance = pd.read_parquet(layout.path(result["run_dir"], "permutation_importance"))
+    assert set(importance["n_repeats"]) == {50}
 
 
 def test_a_bad_parameter_fails_the_run_in_one_line_naming_it(prefect_server, tmp_path):
     """What a deployed run shows in the UI: a Failed state whose message names the parameter, no traceback in
     the run's log; a caller in Python gets the InputError itself."""
-    import asyncio
-
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
     from tasks.run.errors import InputError
 
@@ -259,10 +269,10 @@ def test_a_bad_parameter_fails_the_run_in_one_line_naming_it(prefect_server, tmp
         from prefect.logging.handlers import APILogHandler
 
         await APILogHandler.aflush()  # the run's log lines are sent in batches
-        async with get_client() as client:  # (null filters answer 422 with the pinned fastapi: see test above)
-            response = await client._client.post("/logs/filter", json={
-                "logs": {"flow_run_id": {"any_": [str(state.state_details.flow_run_id)]}}, "limit": 50})
-            return [entry["message"] for entry in response.json()]
+        async with get_client() as client:
+            entries = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(
+                any_=[state.state_details.flow_run_id])))
+            return [entry.message for entry in entries]
 
     messages = asyncio.run(logs())
     assert messages and not any("Traceback" in m for m in messages)

@@ -4,60 +4,34 @@ the gpu pool's worker. Every process is stopped by the fixture, even when a test
 
 import os
 import shutil
-import socket
+import stat
 import subprocess
-import tempfile
-import time
 from datetime import datetime
-from pathlib import Path
 
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.stacks import (PREFECT, ROOT, STACK_SH, api, free_port, report_link, run_deployment, scheduled_runs,
+                          stack_up)
+
 pytestmark = [pytest.mark.slow, pytest.mark.stack]  # run alone, after the rest (see the Makefile)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    base = tmp_path_factory.mktemp("stack")
-    port = free_port()
-    env = {**os.environ, "PORT": str(port), "STACK_DIR": str(base / "state"), "PREFECT_HOME": str(base / "home"),
-           "ACCOUNTABILITY_REPORTS": str(base / "reports"), "PREFECT_WORKER_QUERY_SECONDS": "2"}
-    env.pop("PREFECT_API_URL", None)
-    try:
-        subprocess.run([str(ROOT / "deploy" / "stack.sh"), "up"], env=env, check=True, timeout=300,
-                       capture_output=True, text=True)
-        yield {"api": f"http://127.0.0.1:{port}/api", "env": {**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"},
-               "base": base}
-    finally:
-        started = [int(p.read_text()) for p in (base / "state").glob("*.pid")]
-        subprocess.run([str(ROOT / "deploy" / "stack.sh"), "down"], env=env, timeout=120)
-    assert len(started) == 3 and not [pid for pid in started if group_alive(pid)]  # down leaves no process
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
+    with stack_up(tmp_path_factory.mktemp("stack")) as running:
+        yield running
 
 
 def stack_sh(stack, command: str, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([str(ROOT / "deploy" / "stack.sh"), command], env={**stack["env"], **env}, timeout=120,
+    return subprocess.run([str(STACK_SH), command], env={**stack["env"], **env}, timeout=120,
                           capture_output=True, text=True)
 
 
 def test_up_twice_or_on_a_taken_port_is_refused_in_one_line_and_status_reports(stack):
     state = stack["base"] / "state"
     pids = {p.name: p.read_text() for p in state.glob("*.pid")}
+    assert set(pids) == {"server.pid", "reports.pid", "worker-cpu.pid", "worker-gpu.pid"}
     again = stack_sh(stack, "up")
     assert again.returncode == 1 and again.stderr.count("\n") == 1, again.stderr
     assert "stack.sh: already running (server, pid" in again.stderr
@@ -67,42 +41,23 @@ def test_up_twice_or_on_a_taken_port_is_refused_in_one_line_and_status_reports(s
     other = stack_sh(stack, "up", STACK_DIR=str(stack["base"] / "other"))  # another stack, the same port
     port = stack["env"]["PORT"]
     assert other.returncode == 1 and f"port {port} on 127.0.0.1 is taken by another program" in other.stderr
+    reports_port = stack_sh(stack, "up", STACK_DIR=str(stack["base"] / "other"), PORT=str(free_port()),
+                            REPORTS_PORT=str(int(port) + 1))
+    assert reports_port.returncode == 1 and "set REPORTS_PORT=... to use another" in reports_port.stderr
     assert not list((stack["base"] / "other").glob("*.pid"))
 
     status = stack_sh(stack, "status")
     assert status.returncode == 0, status.stdout
-    for name in ("server", "worker-cpu", "worker-gpu"):
+    for name in ("server", "reports", "worker-cpu", "worker-gpu"):
         assert f"{name}: running (pid {pids[name + '.pid'].strip()})" in status.stdout
     assert f"server: answers at {stack['api']}" in status.stdout
+    assert f"reports: served at {stack['reports']}" in status.stdout
     stopped = stack_sh(stack, "status", STACK_DIR=str(stack["base"] / "other"), PORT=str(free_port()))
     assert stopped.returncode == 1 and "server: stopped" in stopped.stdout
 
 
-def api(stack, path: str, body: dict | None = None):
-    """The server's REST API; filters are sent without nulls (this server answers 422 to them)."""
-    url = stack["api"] + path
-    for attempt in range(3):  # a 2-core machine running the server, two workers and a flow can be slow to answer
-        try:
-            response = httpx.post(url, json=body, timeout=60) if body is not None else httpx.get(url, timeout=60)
-            break
-        except httpx.TimeoutException:
-            if attempt == 2:
-                raise
-    response.raise_for_status()
-    return response.json()
-
-
 def test_the_monthly_deployment_gets_scheduled_runs_from_the_cron(stack):
-    deployment = api(stack, "/deployments/name/compliance_report/monthly")
-    assert deployment["schedules"][0]["schedule"]["cron"] == "0 6 1 * *"
-    deadline = time.monotonic() + 60
-    while True:
-        runs = api(stack, "/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [deployment["id"]]},
-                                                               "state": {"type": {"any_": ["SCHEDULED"]}}},
-                                                "limit": 10, "offset": 0, "sort": "EXPECTED_START_TIME_ASC"})
-        if runs or time.monotonic() > deadline:
-            break
-        time.sleep(2)
+    runs = scheduled_runs(stack)
     assert runs, "the scheduler created no runs for the cron schedule"
     starts = [datetime.fromisoformat(r["expected_start_time"].replace("Z", "+00:00")) for r in runs]
     assert all(s.day == 1 and s.hour == 6 and s.minute == 0 for s in starts)
@@ -119,16 +74,8 @@ def deployed_run(stack) -> dict:
     mlp = torch.nn.Sequential(torch.nn.Linear(30, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
     torch.export.save(torch.export.export(mlp, (torch.rand(4, 30),), dynamic_shapes=({0: torch.export.Dim.AUTO},)),
                       str(model))
-    started = subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "prefect"), "deployment", "run", "compliance_report/monthly",
-         "-p", "dataset=breast-cancer", "-p", f"model={model}", "-p", "background=20", "-p", "explain_rows=4",
-         "-p", f"out={out}"],
-        env=stack["env"], capture_output=True, text=True, timeout=120, check=True)
-    flow_run_id = started.stdout.split("/runs/flow-run/")[1].split()[0].strip()
-    deadline = time.monotonic() + 480
-    while (parent := api(stack, f"/flow_runs/{flow_run_id}"))["state_type"] not in ("COMPLETED", "FAILED", "CRASHED"):
-        assert time.monotonic() < deadline, f"the deployed run is still {parent['state_type']}"
-        time.sleep(3)
+    parent = run_deployment(stack, "dataset=breast-cancer", f"model={model}", "background=20", "explain_rows=4",
+                            f"out={out}")
     return {"flow_run": parent, "out": out}
 
 
@@ -162,27 +109,62 @@ def test_a_deployed_report_runs_its_shap_stage_on_the_gpu_worker(stack, deployed
     assert not (run_dir / "model" / "model.safetensors").exists()  # validated as given, nothing trained
 
 
-def chromium(*args: str) -> subprocess.CompletedProcess:
-    """Headless Chromium (Debian's package, installed by .ci/run), with the flags that work on these machines."""
+def test_the_report_link_answers_with_the_pdf_and_the_files_have_the_umasks_mode(stack, deployed_run):
+    (run_dir,) = deployed_run["out"].iterdir()
+    link = report_link(stack, deployed_run["flow_run"]["id"])
+    assert link == f"{stack['reports']}/{run_dir.name}/report.pdf"  # served by the stack, not a file:// path
+    pdf = httpx.get(link, timeout=30)
+    assert pdf.status_code == 200 and pdf.headers["content-type"] == "application/pdf"
+    assert pdf.content == (run_dir / "report.pdf").read_bytes()
+    # The stack was started under umask 027: the workers' runs write every file 0640, not mkstemp's 0600.
+    modes = {path.relative_to(run_dir).as_posix(): stat.S_IMODE(path.stat().st_mode)
+             for path in run_dir.rglob("*") if path.is_file() and ".prefect-results" not in path.parts}
+    assert len(modes) > 20 and set(modes.values()) == {0o640}, {k: oct(v) for k, v in modes.items() if v != 0o640}
+
+
+def test_prefects_own_read_commands_work_against_the_stack(stack, deployed_run):
+    """Prefect's CLI sends `"limit": null`; fastapi 0.151-0.154 answered 422 to it (constraints.txt pins 0.150)."""
+    parent = deployed_run["flow_run"]
+    expected = {("flow-run", "ls"): parent["id"][:8], ("deployment", "ls"): "compliance_report/monthly",
+                ("work-pool", "ls"): "gpu", ("flow", "ls"): "compliance_report", ("artifact", "ls"): "report-pdf",
+                ("flow-run", "logs", parent["id"]): "Finished in state"}
+    for command, shown in expected.items():
+        done = subprocess.run([str(PREFECT), *command], env={**stack["env"], "COLUMNS": "250"},
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and shown in done.stdout, (command, done.stdout[-2000:], done.stderr[-2000:])
+
+
+def test_the_report_opens_from_the_flow_run_page_in_a_browser(stack, deployed_run):
+    """Headless Chromium (Debian's package, driven by Playwright): the flow run page, its Artifacts tab, the
+    report-pdf artifact, then its link, which opens the PDF in a new tab."""
+    from playwright.sync_api import sync_playwright
+
     binary = shutil.which("chromium")
     if binary is None:
         if os.environ.get("CI"):
             pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
         pytest.skip("chromium is not installed")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tempfile.mkdtemp()}", "--virtual-time-budget=20000", "--window-size=1400,1000"]
-    return subprocess.run([binary, *flags, *args], capture_output=True, text=True, timeout=120)
-
-
-def test_the_prefect_ui_shows_the_run_and_its_artifacts(stack, deployed_run):
-    base = stack["api"].removesuffix("/api")
-    parent = deployed_run["flow_run"]
-    page = chromium("--dump-dom", f"{base}/runs/flow-run/{parent['id']}").stdout
-    assert parent["name"] in page and "compliance_report" in page and "Completed" in page and "Artifacts" in page
-    for key in ("report-pdf", "compliance-summary", "validation-metrics"):
-        assert key in chromium("--dump-dom", f"{base}/artifacts/key/{key}").stdout, key
+    base, parent = stack["api"].removesuffix("/api"), deployed_run["flow_run"]
     shots = ROOT / "test-output"
     shots.mkdir(exist_ok=True)
-    chromium(f"--screenshot={shots / 'flow-run.png'}", f"{base}/runs/flow-run/{parent['id']}")
-    assert (shots / "flow-run.png").stat().st_size > 10_000  # kept as a test output
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=binary, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(f"{base}/runs/flow-run/{parent['id']}", wait_until="networkidle")
+            body = page.inner_text("body")
+            assert parent["name"] in body and parent["state_name"] in body and "compliance_report" in body
+            page.screenshot(path=shots / "flow-run.png")  # kept as a test output
+            page.get_by_text("Artifacts", exact=True).click()
+            for key in ("report-pdf", "compliance-summary", "validation-metrics"):
+                page.locator("a", has_text=key).wait_for()
+            page.locator("a", has_text="report-pdf").click()
+            link = page.get_by_role("link", name="report.pdf")
+            href = link.get_attribute("href")
+            assert href == report_link(stack, parent["id"])
+            with page.context.expect_event("response", predicate=lambda r: r.url == href) as opened:
+                link.click()
+            assert opened.value.status == 200 and opened.value.headers["content-type"] == "application/pdf"
+        finally:
+            browser.close()

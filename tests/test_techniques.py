@@ -15,7 +15,7 @@ from tasks.techniques.kernel_shap import kernel_shap_patches, kernel_shap_tabula
 from tasks.techniques.lime_surrogates import lime_images, lime_tabular
 from tasks.run.formats import Split
 from tasks.techniques.partial_dependence import FittedClassifier, pd_curves
-from tasks.techniques.permutation import grouped_permutation_importance
+from tasks.techniques.permutation import REPEATS, choose_repeats, grouped_permutation_importance
 from tasks.techniques.slices import slice_table
 from tasks.model.predict import predict_proba
 
@@ -177,3 +177,13 @@ def test_slice_labels_show_interval_bounds_without_float_noise():
     labels = interval_labels(pd.qcut(column, 2))
     assert list(labels) == ["(185.2, 355.4]", "(185.2, 355.4]", "(355.4, 700.1]", "(355.4, 700.1]"]
     assert interval_labels(pd.Series(["class a"])).tolist() == ["class a"]  # not an interval: as it is
+
+
+def test_permutation_repeats_rise_on_small_data_and_never_fall_below_the_default():
+    assert choose_repeats("table", 5000) == (10, None) and choose_repeats("image", 200) == (5, None)
+    assert choose_repeats("table", 100)[0] == 20 and choose_repeats("image", 50)[0] == 20  # 2,000 / 100; 1,000 / 50
+    assert choose_repeats("table", 12)[0] == 50  # capped
+    assert "raised for 100 validation rows" in choose_repeats("table", 100)[1]
+    for modality in REPEATS:
+        counts = [choose_repeats(modality, n)[0] for n in range(1, 6000, 7)]
+        assert min(counts) == REPEATS[modality] and counts == sorted(counts, reverse=True)

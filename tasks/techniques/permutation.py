@@ -23,9 +23,24 @@ from tasks.run.formats import read_split, write_frame
 from tasks.run.progress import progress_bar
 from tasks.techniques.groups import REGION_GRID, FeatureGroups, feature_columns, image_channels, image_regions
 
-REPEATS = {"table": 10, "image": 5}  # shuffles per group (images: each shuffle is a pass over the rows)
+REPEATS = {"table": 10, "image": 5}  # shuffles per group at least (images: each shuffle is a pass over the rows)
 MAX_ROWS = {"table": 5000, "image": 200}  # validation rows used (a seeded sample when there are more)
+# On few rows one shuffle moves the accuracy in coarse steps (1/n) and the interval is wide: more shuffles, up to
+# the rows shuffled per group at full size for images (the same work), 2,000 for tables (cheap), at most 50.
+SHUFFLED_ROWS = {"table": 2000, "image": 1000}
+MAX_REPEATS = 50
 METRIC = "accuracy"
+
+
+def choose_repeats(modality: str, n_rows: int) -> tuple[int, str | None]:
+    """(shuffles per group, why it is not the default, or None) for `n_rows` validation rows: the default,
+    raised on small data."""
+    default = REPEATS[modality]
+    repeats = min(MAX_REPEATS, max(default, -(-SHUFFLED_ROWS[modality] // max(n_rows, 1))))
+    if repeats == default:
+        return repeats, None
+    return repeats, (f"default {default}, raised for {n_rows} validation rows (about "
+                     f"{SHUFFLED_ROWS[modality]:,} shuffled rows per group, at most {MAX_REPEATS} shuffles)")
 
 
 def grouped_permutation_importance(predict: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray,
@@ -67,14 +82,15 @@ def compute_permutation_importance(run_dir: str, files: dict[str, str], seed: in
     else:
         shape = tuple(val.inputs.shape[1:])
         group_sets = [("region", image_regions(shape, REGION_GRID)), ("channel", image_channels(shape))]
-    repeats = REPEATS[val.modality]
+    repeats, why = choose_repeats(val.modality, len(rows))
     with progress_bar("permutation importance", total=sum(len(g.names) for _, g in group_sets)) as advance:
         tables = [grouped_permutation_importance(lambda x: model.predict_proba(x), inputs, labels, groups,
                                                  repeats, seed, kind, advance) for kind, groups in group_sets]
     table = pd.concat(tables, ignore_index=True)
     written = write_frame(layout.path(run_dir, "permutation_importance"), table)
     return {"files": {"permutation_importance": written}, "checks": [],
-            "baseline": float(table["baseline"].iloc[0]), "n_repeats": repeats, "n_rows": len(rows)}
+            "baseline": float(table["baseline"].iloc[0]), "n_repeats": repeats, "repeats_why": why,
+            "n_rows": len(rows)}
 
 
 def permutation_section(data: ReportData, result: dict) -> dict:
@@ -90,4 +106,5 @@ def permutation_section(data: ReportData, result: dict) -> dict:
                           "top": rows.sort_values("importance_mean", ascending=False).head(TOP_TABLE_ROWS)
                                      .to_dict("records")})
     return {"parts": parts, "baseline": result["baseline"], "n_repeats": result["n_repeats"],
+            "repeats_why": result.get("repeats_why"),
             "n_rows": result["n_rows"], "metric": table["metric"].iloc[0]}

@@ -1,0 +1,170 @@
+"""Serve a reports directory (the runs' --out) read-only over HTTP, so that the link of a run's `report-pdf`
+artifact opens from the Prefect UI (browsers refuse `file://` links from a web page).
+
+GET and HEAD only; a path is served only when it names a plain file or directory inside the root without
+passing through a symbolic link or a hidden name (`.prefect-results/` holds Prefect's own result records).
+With an auth string (`user:password`, the same as the Prefect API's) every request needs HTTP basic auth."""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import html
+import ipaddress
+import mimetypes
+import shutil
+import sys
+from email.utils import formatdate
+from functools import partial
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
+
+from tasks.run.errors import InputError
+
+REPORTS_URL = "ACCOUNTABILITY_REPORTS_URL"  # where the workers' runs link their PDFs (flows/preflight.py)
+REPORTS_AUTH = "ACCOUNTABILITY_REPORTS_AUTH"  # user:password the server asks for (the CLI reads it)
+REALM = "accountability reports"
+# Nothing a served file holds runs in the browser; the PDF viewer and images are unaffected.
+ACTIVE_TYPES = ("text/html", "image/svg+xml", "application/xhtml+xml", "text/xml", "application/xml")
+CHUNK = 1 << 20
+
+
+class ReportsHandler(BaseHTTPRequestHandler):
+    """One request against `root`; `auth` is `user:password` or None (no auth)."""
+
+    server_version = "accountability-reports"
+    sys_version = ""
+
+    def __init__(self, *args, root: Path, auth: str | None, **kwargs):
+        self.root = root
+        self.expected = None if auth is None else "Basic " + base64.b64encode(auth.encode()).decode()
+        super().__init__(*args, **kwargs)
+
+    def do_GET(self) -> None:
+        self._answer(body=True)
+
+    def do_HEAD(self) -> None:
+        self._answer(body=False)
+
+    def _refuse_method(self) -> None:
+        self.send_response(HTTPStatus.METHOD_NOT_ALLOWED)
+        self.send_header("Allow", "GET, HEAD")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse_method
+
+    def _answer(self, body: bool) -> None:
+        if self.expected is not None and not hmac.compare_digest(
+                self.headers.get("Authorization", "").encode(), self.expected.encode()):
+            self.send_response(HTTPStatus.UNAUTHORIZED)
+            self.send_header("WWW-Authenticate", f'Basic realm="{REALM}", charset="UTF-8"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        url_path = urlsplit(self.path).path
+        target = resolve_served(self.root, url_path)
+        if target is None:
+            self.send_error(HTTPStatus.NOT_FOUND)
+        elif target.is_dir() and not url_path.endswith("/"):
+            self.send_response(HTTPStatus.MOVED_PERMANENTLY)
+            self.send_header("Location", url_path + "/")  # as the client sent it (still quoted)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif target.is_dir():
+            self._send(listing(self.root, target).encode(), "text/html; charset=utf-8", body,
+                       policy="default-src 'none'; style-src 'unsafe-inline'")
+        else:
+            self._send_file(target, body)
+
+    def _send(self, content: bytes, content_type: str, body: bool, policy: str) -> None:
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(content)))
+        self._common_headers(policy)
+        if body:
+            self.wfile.write(content)
+
+    def _send_file(self, path: Path, body: bool) -> None:
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        with path.open("rb") as handle:
+            size = path.stat().st_size
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(size))
+            self.send_header("Last-Modified", formatdate(path.stat().st_mtime, usegmt=True))
+            self._common_headers("sandbox; default-src 'none'" if content_type in ACTIVE_TYPES else None)
+            if body:
+                shutil.copyfileobj(handle, self.wfile, CHUNK)
+
+    def _common_headers(self, policy: str | None) -> None:
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Cache-Control", "no-store")  # reports may hold personal data: no copies in caches
+        if policy:
+            self.send_header("Content-Security-Policy", policy)
+        self.end_headers()
+
+
+def resolve_served(root: Path, url_path: str) -> Path | None:
+    """The file or directory a URL path names under `root` (resolved), or None when it is not served:
+    missing, hidden, reached through a symbolic link, or neither a plain file nor a directory."""
+    try:
+        parts = [part for part in unquote(url_path, errors="strict").split("/") if part]
+    except UnicodeDecodeError:
+        return None
+    if any(part.startswith(".") or "\\" in part or "\x00" in part for part in parts):  # "..", ".prefect-results"
+        return None
+    candidate = root.joinpath(*parts)
+    try:
+        if candidate.resolve(strict=True) != candidate:  # a symbolic link on the way
+            return None
+    except (OSError, RuntimeError):
+        return None
+    return candidate if candidate.is_dir() or candidate.is_file() else None
+
+
+def listing(root: Path, directory: Path) -> str:
+    """An HTML index of a served directory: the entries `resolve_served` would serve, names escaped."""
+    entries = sorted(entry for entry in directory.iterdir()
+                     if not entry.name.startswith(".") and not entry.is_symlink()
+                     and (entry.is_dir() or entry.is_file()))
+    title = html.escape("/" if directory == root else f"/{directory.relative_to(root).as_posix()}/")
+    rows = "".join(f'<li><a href="{quote(e.name)}{"/" if e.is_dir() else ""}">{html.escape(e.name)}'
+                   f'{"/" if e.is_dir() else ""}</a></li>' for e in entries)
+    return (f"<!doctype html><meta charset=utf-8><title>{html.escape(REALM)}: {title}</title>"
+            f"<h1>{title}</h1><ul>{rows}</ul>")
+
+
+def make_server(root: Path, host: str = "127.0.0.1", port: int = 4201, auth: str | None = None) -> ThreadingHTTPServer:
+    """A threaded server of `root`, bound but not yet serving (call `serve_forever`)."""
+    root = root.expanduser().resolve()
+    if not root.is_dir():
+        raise InputError(f"reports directory {root} does not exist or is not a directory")
+    if auth is not None and ":" not in auth:
+        raise InputError("the reports' auth string must be user:password")
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback and auth is None:
+        raise InputError(f"serving reports on {host} (beyond this machine) needs an auth string: "
+                         "set ACCOUNTABILITY_REPORTS_AUTH=user:password, or serve on 127.0.0.1")
+    try:
+        server = ThreadingHTTPServer((host, port), partial(ReportsHandler, root=root, auth=auth))
+    except OSError as exc:
+        raise InputError(f"cannot serve on {host}:{port}: {exc.strerror}") from None
+    server.daemon_threads = True
+    return server
+
+
+def serve_reports(root: Path, host: str, port: int, auth: str | None) -> None:
+    """Serve until interrupted (SIGINT)."""
+    server = make_server(root, host, port, auth)
+    print(f"serving {root.expanduser().resolve()} read-only at http://{host}:{server.server_address[1]}/"
+          f"{' (basic auth)' if auth else ''}", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
