@@ -47,7 +47,8 @@ esac
 start() {  # start NAME CMD...: in its own process group, pid in $STACK_DIR/NAME.pid; the log is appended to
   local name=$1; shift
   echo "=== $(date -u +%Y-%m-%dT%H:%M:%SZ) stack.sh up: $*" >> "$STACK_DIR/$name.log"
-  setsid "$@" >> "$STACK_DIR/$name.log" 2>&1 < /dev/null &
+  # A background job of a script starts with SIGINT ignored: give it back, so that `down` stops it cleanly.
+  setsid env --default-signal=INT "$@" >> "$STACK_DIR/$name.log" 2>&1 < /dev/null &
   echo $! > "$STACK_DIR/$name.pid"
 }
 
@@ -68,12 +69,12 @@ start_postgres() {  # a cluster of its own in $PG_DATA (created on the first sta
     [ "$(id -u)" != 0 ] || chown postgres: "$PG_DATA"
     "${PG_AS[@]}" test -w "$PG_DATA" || { echo "stack.sh: the postgres user cannot reach $PG_DATA: set PG_DATA" >&2; return 1; }
     (umask 077 && head -c 24 /dev/urandom | base64 | tr '+/' '-_' > "$password_file")
-    local pwfile=$PG_DATA/.initdb-password  # inside the cluster's own directory, readable by its owner only
-    (umask 077 && cp "$password_file" "$pwfile")
-    [ "$(id -u)" != 0 ] || chown postgres: "$pwfile"
-    "${PG_AS[@]}" "$PG_BIN/initdb" -D "$PG_DATA" -U prefect --auth=scram-sha-256 --pwfile="$pwfile" -E UTF8 \
-      --locale=C.UTF-8 >> "$STACK_DIR/postgres.log" 2>&1
-    rm -f "$pwfile"
+    local pwdir; pwdir=$(mktemp -d)  # initdb reads the password from a file its user alone can read
+    cp "$password_file" "$pwdir/password"
+    [ "$(id -u)" != 0 ] || chown -R postgres: "$pwdir"
+    "${PG_AS[@]}" "$PG_BIN/initdb" -D "$PG_DATA" -U prefect --auth=scram-sha-256 --pwfile="$pwdir/password" -E UTF8 \
+      --locale=C.UTF-8 >> "$STACK_DIR/postgres.log" 2>&1 || { rm -rf "$pwdir"; return 1; }
+    rm -rf "$pwdir"
   fi
   start postgres "${PG_AS[@]}" "$PG_BIN/postgres" -D "$PG_DATA" -c listen_addresses=127.0.0.1 -p "$PG_PORT" \
     -c unix_socket_directories=

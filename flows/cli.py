@@ -330,7 +330,10 @@ def verify_command(args: argparse.Namespace) -> int:
 def serve_reports_command(args: argparse.Namespace) -> int:
     from tasks.run.serve import serve_reports
 
-    serve_reports(args.reports, args.host, args.port, os.environ.get(REPORTS_AUTH) or None)
+    try:
+        serve_reports(args.reports, args.host, args.port, os.environ.get(REPORTS_AUTH) or None)
+    except KeyboardInterrupt:  # how it is stopped (deploy/stack.sh down): not a failure
+        print("accountability serve-reports: stopped", file=sys.stderr)
     return 0
 
 

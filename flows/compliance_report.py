@@ -19,7 +19,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
 from flows.deepshap import deepshap_flow
-from flows.preflight import preflight, reports_url
+from flows.preflight import preflight, published_reports, reports_url
 from flows.steps import WALL_SECONDS, StepFailed, resumable, step, timings
 from tasks.deepshap.stage import stage_outputs
 from tasks.report.build import render_report
@@ -183,14 +183,15 @@ def shap_on_deployment(name: str, parameters: dict) -> dict:
     return stage_outputs(parameters["run_dir"])
 
 
-def report_link(pdf: Path, base_url: str | None) -> str:
-    """Where the UI's link to the PDF points: under `base_url` (`reports_url()`, the address at which the
-    reports directory, --out, is published) when set, else the file itself (which browsers refuse to open
-    from a web page, but a desktop can)."""
+def report_link(pdf: Path, base_url: str | None, published: Path | None = None) -> str:
+    """Where the UI's link to the PDF points: under `base_url` (`reports_url()`), the address at which the
+    directory `published` (`ACCOUNTABILITY_REPORTS`; unset: the run's --out) is served, when set and the PDF is
+    inside it; else the file itself (which browsers refuse to open from a web page, but a desktop can)."""
     pdf = pdf.resolve()
-    if not base_url:
+    root = published.expanduser().resolve() if published else pdf.parent.parent
+    if not base_url or not pdf.is_relative_to(root):
         return pdf.as_uri()
-    return "/".join([base_url.rstrip("/"), quote(pdf.parent.name), quote(pdf.name)])
+    return "/".join([base_url.rstrip("/"), *(quote(part) for part in pdf.relative_to(root).parts)])
 
 
 def publish_artifacts(run_dir: str, results: dict, report: dict) -> None:
@@ -216,8 +217,12 @@ def publish_artifacts(run_dir: str, results: dict, report: dict) -> None:
         table=[{"metric": key, "value": round(float(value), 6)} for key, value in final.items()],
         description="Validation metrics of the final epoch",
     )
-    create_link_artifact(key="report-pdf", link=report_link(Path(pdf["path"]), reports_url()),
-                         link_text="report.pdf", description="The rendered compliance report")
+    base_url, published = reports_url(), published_reports()
+    link = report_link(Path(pdf["path"]), base_url, published)
+    if base_url and link.startswith("file:"):
+        print(f"the report is not under {published} (published at {base_url}): the UI links to the file itself")
+    create_link_artifact(key="report-pdf", link=link, link_text="report.pdf",
+                         description="The rendered compliance report")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from tasks.run.config import RunConfig
 from tasks.run.errors import InputError
 from tasks.run.history import check_previous_run
 from tasks.run.resume import resumable_parameters
-from tasks.run.serve import REPORTS_URL
+from tasks.run.serve import REPORTS_DIR, REPORTS_URL
 from tasks.steps.model_card import read_model_card
 
 _PASSED: dict[tuple, RunConfig] = {}  # (config, Dask options) -> the checked config, for configs given and returned
@@ -36,6 +36,12 @@ def preflight(config: RunConfig, dask_address: str | None = None, dask_workers: 
         checked = _check(config, dask_address, dask_workers)
         _PASSED[key] = _PASSED[(checked, dask_address, dask_workers)] = checked
     return _PASSED[key]
+
+
+def published_reports() -> Path | None:
+    """ACCOUNTABILITY_REPORTS, the directory that `reports_url()` serves (None: each run's --out)."""
+    directory = os.environ.get(REPORTS_DIR) or None
+    return Path(directory) if directory else None
 
 
 def reports_url() -> str | None:

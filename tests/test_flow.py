@@ -290,6 +290,12 @@ def test_the_report_link_points_under_the_published_reports_address(tmp_path, mo
         "https://reports.bank.example/mrm/20261201T060000Z-digits-0a1b2c3d/report.pdf"
     odd = tmp_path / "run #1?" / "report.pdf"
     assert report_link(odd, "http://127.0.0.1:4280").endswith("/run%20%231%3F/report.pdf")
+    # The published directory is ACCOUNTABILITY_REPORTS: a run under a folder of it keeps that folder in its
+    # link; a run elsewhere is not served there, and links to its file.
+    nested = tmp_path / "on demand" / "20261201T060000Z-digits-0a1b2c3d" / "report.pdf"
+    assert report_link(nested, "http://127.0.0.1:4201", tmp_path) == \
+        "http://127.0.0.1:4201/on%20demand/20261201T060000Z-digits-0a1b2c3d/report.pdf"
+    assert report_link(pdf, "http://127.0.0.1:4201", tmp_path / "on demand") == pdf.resolve().as_uri()
     monkeypatch.setenv("ACCOUNTABILITY_REPORTS_URL", "javascript:alert(1)")  # refused before a run starts
     with pytest.raises(InputError, match="ACCOUNTABILITY_REPORTS_URL must be an http:// or https:// address"):
         reports_url()

@@ -69,7 +69,7 @@ def deployed_run(stack) -> dict:
     torch.export archive), waited for."""
     import torch
 
-    out, model = stack["base"] / "on-demand", stack["base"] / "scorecard.pt2"
+    out, model = stack["base"] / "reports" / "on-demand", stack["base"] / "scorecard.pt2"  # under the served dir
     torch.manual_seed(0)
     mlp = torch.nn.Sequential(torch.nn.Linear(30, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
     torch.export.save(torch.export.export(mlp, (torch.rand(4, 30),), dynamic_shapes=({0: torch.export.Dim.AUTO},)),
@@ -112,7 +112,7 @@ def test_a_deployed_report_runs_its_shap_stage_on_the_gpu_worker(stack, deployed
 def test_the_report_link_answers_with_the_pdf_and_the_files_have_the_umasks_mode(stack, deployed_run):
     (run_dir,) = deployed_run["out"].iterdir()
     link = report_link(stack, deployed_run["flow_run"]["id"])
-    assert link == f"{stack['reports']}/{run_dir.name}/report.pdf"  # served by the stack, not a file:// path
+    assert link == f"{stack['reports']}/on-demand/{run_dir.name}/report.pdf"  # served by the stack, not file://
     pdf = httpx.get(link, timeout=30)
     assert pdf.status_code == 200 and pdf.headers["content-type"] == "application/pdf"
     assert pdf.content == (run_dir / "report.pdf").read_bytes()

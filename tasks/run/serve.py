@@ -23,7 +23,8 @@ from urllib.parse import quote, unquote, urlsplit
 
 from tasks.run.errors import InputError
 
-REPORTS_URL = "ACCOUNTABILITY_REPORTS_URL"  # where the workers' runs link their PDFs (flows/preflight.py)
+REPORTS_URL = "ACCOUNTABILITY_REPORTS_URL"  # where the workers' runs link their PDFs (flows/preflight.py) ...
+REPORTS_DIR = "ACCOUNTABILITY_REPORTS"  # ... the directory served there (also the deployments' --out)
 REPORTS_AUTH = "ACCOUNTABILITY_REPORTS_AUTH"  # user:password the server asks for (the CLI reads it)
 REALM = "accountability reports"
 # Nothing a served file holds runs in the browser; the PDF viewer and images are unaffected.
