@@ -26,8 +26,8 @@ from tasks.report.build import render_report
 from tasks.run import layout
 from tasks.run.config import RunConfig, run_name
 from tasks.run.errors import InputError
-from tasks.run.progress import RunProgress
 from tasks.run.history import earlier_runs, previous_run
+from tasks.run.progress import RunProgress
 from tasks.run.provenance import environment
 from tasks.run.resume import record_run
 from tasks.steps.compare import compare_runs

@@ -45,8 +45,8 @@ def published_reports() -> Path | None:
 
 
 def reports_url() -> str | None:
-    """ACCOUNTABILITY_REPORTS_URL, the http(s) address at which the run directories under --out are published
-    (the UI's link to a report points there), checked; None when unset."""
+    """ACCOUNTABILITY_REPORTS_URL, the http(s) address at which `published_reports()` (or each run's --out) is
+    served (the UI's link to a report points there), checked; None when unset."""
     url = os.environ.get(REPORTS_URL) or None
     if url is not None and not url.startswith(("http://", "https://")):
         raise InputError(f"{REPORTS_URL} must be an http:// or https:// address, got {url!r}")
