@@ -1,6 +1,7 @@
 """The model card: read safely, every field shown or "not provided", bad cards refused clearly."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +70,21 @@ def test_the_preflight_verifies_an_earlier_run_once_per_process(monkeypatch, tmp
     assert again == first and first.compare == run.resolve() and calls == [run.resolve()]
     with pytest.raises(InputError, match="a run of 'digits'.*cannot be compared"):
         preflight_module.preflight(RunConfig(dataset="breast-cancer", compare=run))
+
+
+def test_special_files_are_refused_in_one_line_without_blocking(tmp_path):
+    """A FIFO would block a plain read forever; a device or /proc file has no size to check beforehand."""
+    import os
+
+    fifo = tmp_path / "card.fifo"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.yaml"
+    big.write_text("owner: " + "x" * 1_000_001)
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("owner: Müller\n".encode("latin-1"))
+    for path, message in [(fifo, "is not a regular file"), (Path("/dev/zero"), "is not a regular file"),
+                          (tmp_path, "is not a regular file"), (tmp_path / "missing.yaml", "does not exist"),
+                          (Path("/proc/self/mem"), "cannot be read"), (big, "is over 1,000,000 bytes"),
+                          (latin1, r"is not UTF-8 text \(byte 8\)")]:
+        with pytest.raises(InputError, match=message):
+            read_model_card(path)

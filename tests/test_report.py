@@ -3,6 +3,8 @@ import pickle
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pypdf import PdfReader
 from weasyprint import CSS, HTML
 
@@ -182,3 +184,41 @@ def test_names_that_look_like_mathtext_are_drawn_as_they_are(tmp_path):
     per_group = pd.DataFrame({"attribute": ["$a$"] * 2, "group": [r"$\frac{", "b"], "class_name": ["$c$"] * 2,
                               "support": [10, 12], "selection_rate": [0.2, 0.4], "tpr": [0.5, 0.6], "fpr": [0.1, 0.2]})
     assert validator_figures.fairness_bars(per_group, tmp_path / "fair.png").is_file()
+
+
+@given(st.lists(st.text(min_size=1, max_size=60), min_size=1, max_size=12, unique=True),
+       st.integers(min_value=4, max_value=40))
+@settings(max_examples=200, deadline=None)
+def test_figure_labels_stay_as_distinct_as_the_names(names, width):
+    """Bars and titles take one label per name: equal labels would merge two features' bars into one."""
+    from tasks.report.figures import short_labels
+
+    labels = short_labels(names, width)
+    assert len(set(labels)) == len(names)
+    assert all(label == name for label, name in zip(labels, names) if len(name) <= width and names.count(name) == 1
+               and labels.count(label) == 1)
+    assert all(len(label) <= width + len(f" [{len(names)}]") for label in labels)
+
+
+def test_features_cut_to_the_same_label_keep_their_own_bars(tmp_path):
+    """Two long feature names that share their first 40 characters: two bars, each with its own value."""
+    import matplotlib.pyplot as plt
+
+    from tasks.report import figures
+
+    names = ["applicant income reported on the form, in dollars", "applicant income reported on the form, in euros"]
+    table = pd.DataFrame({"name": names, "importance_mean": [0.3, 0.1], "ci_low": [0.2, 0.0], "ci_high": [0.4, 0.2]})
+    drawn = {}
+    original = plt.Axes.barh
+
+    def record(ax, labels, widths, *args, **kwargs):
+        drawn.update(zip(labels, widths))
+        return original(ax, labels, widths, *args, **kwargs)
+
+    plt.Axes.barh = record
+    try:
+        figures.importance_bars(table, tmp_path / "bars.png", "permutation importance")
+    finally:
+        plt.Axes.barh = original
+    assert len(drawn) == 2 and sorted(drawn.values()) == [0.1, 0.3]
+    assert all(label.endswith(("dollars", "euros")) for label in drawn)

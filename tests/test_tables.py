@@ -55,6 +55,8 @@ def test_numeric_labels_are_ordered_by_value(tmp_path):
     (lambda f: f.assign(region="north"), "not numeric: 'region"),
     (lambda f: f.assign(income=[np.nan] + [1.0] * 39), "missing values in 'income' \\(1 rows\\)"),
     (lambda f: f.assign(age=[np.inf] * 40), "NaN or infinite values in 'age'"),
+    (lambda f: f.assign(age=[3e38] + [1.0] * 39), r"values beyond ±1e\+15 in 'age' \(largest 3e\+38\); .* rescale"),
+    (lambda f: f.assign(income=[-2e15] + [1.0] * 39), r"values beyond ±1e\+15 in 'income' \(largest 2e\+15\)"),
     (lambda f: f.assign(defaulted="yes"), "single class"),
     (lambda f: f.assign(defaulted=np.arange(40) * 0.5), "40 distinct values"),
     (lambda f: f[["defaulted"]], "no feature columns"),
@@ -102,3 +104,15 @@ def test_a_class_name_with_nothing_visible_is_refused(tmp_path):
     frame = small_frame().assign(defaulted=["\xad", "ok"] * 20)
     with pytest.raises(InputError, match="no visible character"):
         load_dataset(f"csv:{write_table(tmp_path / 'x.csv', frame)}", label="defaulted")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda f: f.assign(defaulted=np.where(np.arange(40) % 2, "yes", "yes\u200b")),
+     r"class names 'yes' and 'yes\\u200b' read the same in a report"),
+    (lambda f: f.rename(columns={"age": "ｉｎｃｏｍｅ"}), "feature names 'income' and 'ｉｎｃｏｍｅ' read the same"),
+    (lambda f: f.rename(columns={"age": "in  come", "income": "in come"}), "feature names 'in come' and 'in  come'"),
+])
+def test_names_that_read_the_same_are_refused(tmp_path, change, message):
+    """Two classes (or features) a reader cannot tell apart in the report: zero-width, full-width, doubled spaces."""
+    with pytest.raises(InputError, match=message):
+        load_dataset(f"csv:{write_table(tmp_path / 'x.csv', change(small_frame()))}", label="defaulted")

@@ -41,6 +41,10 @@ def validate_dataset(dataset: Dataset) -> None:
     if invisible:
         raise InputError(f"dataset {dataset.name}: class names {invisible[:5]} have no visible character; "
                          "a report could not show them")
+    for kind, names in (("class", dataset.class_names), ("feature", dataset.feature_names)):
+        if clash := lookalikes(names):
+            raise InputError(f"dataset {dataset.name}: {kind} names {clash[0]!r} and {clash[1]!r} read the same in a "
+                             "report (they differ only in invisible, spacing or compatibility characters); rename one")
     if dataset.labels.min() < 0 or dataset.labels.max() >= k:
         raise InputError(f"dataset {dataset.name} has labels outside 0..{k - 1}")
     for attribute, values in dataset.groups.items():
@@ -58,6 +62,23 @@ def validate_dataset(dataset: Dataset) -> None:
             f"dataset {dataset.name}: classes {sparse[:5]}{more} have fewer than 2 rows, "
             "too few to split into training and validation"
         )
+
+
+def reading(name: str) -> str:
+    """What a reader sees of a name: NFKC-normalised (compatibility forms such as full-width letters folded),
+    invisible characters dropped, runs of spaces as one."""
+    shown = "".join(ch if _visible(ch) or ch.isspace() else "" for ch in unicodedata.normalize("NFKC", name))
+    return " ".join(shown.split())
+
+
+def lookalikes(names: list[str]) -> tuple[str, str] | None:
+    """The first two different names that read the same (`reading`), or None."""
+    seen: dict[str, str] = {}
+    for name in names:
+        other = seen.setdefault(reading(name), name)
+        if other != name:
+            return other, name
+    return None
 
 
 def _visible(ch: str) -> bool:

@@ -25,6 +25,10 @@ from tasks.run.errors import InputError, first_line
 
 MAX_CLASSES = 100  # more distinct labels than this looks like a continuous target, not classes
 MAX_NAMES_SHOWN = 5  # columns named in one error message
+# Feature values are used in float32 (the model, standardisation, SHAP, robustness noise): beyond about 1.8e19
+# a square overflows to inf (3e38 in one row gave overflow warnings and wrong checks, not an error). 1e15
+# leaves room for sums of squares over millions of rows.
+MAX_MAGNITUDE = 1e15
 
 
 def load_breast_cancer() -> Dataset:
@@ -90,10 +94,12 @@ def table_to_dataset(table: pa.Table, label: str, name: str, source: str) -> Dat
     if bad.any():
         named = [f"{features[j]!r} ({int(bad[:, j].sum())} rows)" for j in np.flatnonzero(bad.any(0))]
         raise InputError(f"{name}: NaN or infinite values in {_shown(named, quote=False)}")
-    too_big = np.abs(inputs) > np.finfo(np.float32).max
+    too_big = np.abs(inputs) > MAX_MAGNITUDE
     if too_big.any():
-        named = [features[j] for j in np.flatnonzero(too_big.any(0))]
-        raise InputError(f"{name}: values beyond float32 range in {_shown(named)}")
+        named = [f"{features[j]!r} (largest {np.abs(inputs[:, j]).max():.3g})" for j in np.flatnonzero(too_big.any(0))]
+        raise InputError(f"{name}: values beyond ±{MAX_MAGNITUDE:.0e} in {_shown(named, quote=False)}; the model and the "
+                         "techniques compute in float32, where such values overflow when squared: rescale the column "
+                         "(thousands, millions, a logarithm)")
     labels, class_names = _encode_labels(table.column(label), name, label)
     return Dataset(
         name=name,

@@ -48,6 +48,7 @@ def case_studies(data: ReportData, expected: list[float]) -> list[dict]:
     names, val, is_table = data.names, data.validation, data.modality == "table"
     cases = []
     plots = None if is_table else figures.ShapImagePlots(len(names))
+    short = figures.short_labels(names, 12)
     for row, x in zip(data.explained.itertuples(index=False), val.rows_of(data.explained["source_id"])):
         probs = np.asarray(row.probabilities)
         values = data.values[row.position]
@@ -57,8 +58,8 @@ def case_studies(data: ReportData, expected: list[float]) -> list[dict]:
             title = f"{row.source_id}: SHAP values for '{names[shown]}' ({probs[shown]:.2f})"
             figures.feature_bars(values[shown], val.feature_names, title, path)
         else:
-            titles = [f"{name[:12]} {probs[k]:.2f}" for k, name in enumerate(names)]
-            heading = f"true {names[row.label][:12]}\npred {names[row.predicted][:12]}"
+            titles = [f"{label} {probs[k]:.2f}" for k, label in enumerate(short)]
+            heading = f"true {short[row.label]}\npred {short[row.predicted]}"
             plots.draw(x, values, titles, path, heading)
         case = {"position": row.position, "source_id": row.source_id, "true": names[row.label],
                 "predicted": names[row.predicted], "confidence": float(row.confidence),

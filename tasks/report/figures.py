@@ -21,6 +21,28 @@ from tasks.run.artifacts import atomic_path  # noqa: E402
 DPI = 110
 
 
+def short_labels(names, width: int) -> list[str]:
+    """Labels of at most `width` characters for `names`, as distinct as the names are: a long name is cut with
+    an ellipsis, keeping its start, or its start and its end when the starts alone would read the same; labels
+    still the same get " [2]", " [3]", ... Figures place one bar per label, so equal labels would merge bars."""
+    names = [str(name) for name in names]
+    labels = [cut(n, width) for n in names]
+    if len(set(labels)) < len(set(names)):
+        head = max((width - 1) // 2, 1)
+        labels = [n if len(n) <= width else n[:head] + "…" + n[len(n) - (width - 1 - head):] for n in names]
+    seen: dict[str, int] = {}
+    for i, label in enumerate(labels):
+        seen[label] = seen.get(label, 0) + 1
+        if seen[label] > 1:
+            labels[i] = f"{label} [{seen[label]}]"
+    return labels
+
+
+def cut(text: str, width: int) -> str:
+    """`text`, or its first `width - 1` characters and an ellipsis."""
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
 def save_figure(fig: plt.Figure, path: Path, tight: bool = True) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight" if tight else None)
@@ -37,13 +59,14 @@ def sample_grid(images: np.ndarray, labels: np.ndarray, class_names: list[str], 
     """A row of up to `per_class` training images for each class."""
     n_classes = len(class_names)
     fig, axes = plt.subplots(n_classes, per_class, figsize=(per_class * 0.8, n_classes * 0.85), squeeze=False)
+    titles = short_labels(class_names, 20)
     for k, row in enumerate(axes):
         idx = np.flatnonzero(labels == k)[:per_class]
         for j, ax in enumerate(row):
             ax.axis("off")
             if j < len(idx):
                 ax.imshow(to_display(images[idx[j]]), cmap="gray", vmin=0, vmax=1)
-        row[0].set_title(class_names[k][:20], fontsize=7, loc="left")
+        row[0].set_title(titles[k], fontsize=7, loc="left")
     return save_figure(fig, path)
 
 
@@ -71,7 +94,7 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[s
     fig, ax = plt.subplots(figsize=(size, size))
     ConfusionMatrixDisplay.from_predictions(
         y_true, y_pred, labels=list(range(len(class_names))),
-        display_labels=[name[:14] for name in class_names], ax=ax, colorbar=False, cmap="Blues",
+        display_labels=short_labels(class_names, 14), ax=ax, colorbar=False, cmap="Blues",
     )
     ax.set_title("validation confusion matrix", fontsize=9)
     ax.tick_params(labelsize=7)
@@ -174,7 +197,7 @@ def importance_bars(table: pd.DataFrame, path: Path, title: str, top: int = 20) 
     shown = table.sort_values("importance_mean", ascending=False).head(top)[::-1]
     fig, ax = plt.subplots(figsize=(6, 0.25 * len(shown) + 0.9))
     err = np.vstack([shown["importance_mean"] - shown["ci_low"], shown["ci_high"] - shown["importance_mean"]])
-    ax.barh([n[:40] for n in shown["name"]], shown["importance_mean"], xerr=err, color="#4c72b0",
+    ax.barh(short_labels(shown["name"], 40), shown["importance_mean"], xerr=err, color="#4c72b0",
             error_kw={"elinewidth": 0.8, "capsize": 2})
     ax.axvline(0, color="black", linewidth=0.6)
     ax.set_xlabel("drop in validation accuracy when shuffled (mean, 95% CI)", fontsize=7)
@@ -188,7 +211,8 @@ def pdp_ice(curves: pd.DataFrame, class_names: list[str], path: Path, max_ice: i
     """One panel per feature: ICE curves (thin) and the partial dependence (thick) of the class probability."""
     features = list(dict.fromkeys(curves["feature"]))
     fig, axes = plt.subplots(1, len(features), figsize=(2.6 * len(features), 2.5), squeeze=False)
-    for ax, feature in zip(axes[0], features):
+    short, titles = short_labels(class_names, 14), short_labels(features, 32)
+    for ax, feature, title in zip(axes[0], features, titles):
         rows = curves[curves["feature"] == feature]
         classes = sorted(rows["class_index"].unique())
         focus = classes[-1]
@@ -198,10 +222,10 @@ def pdp_ice(curves: pd.DataFrame, class_names: list[str], path: Path, max_ice: i
         for k in classes:
             average = rows[(rows["row"] < 0) & (rows["class_index"] == k)]
             ax.plot(average["grid_value"], average["probability"], linewidth=2,
-                    label=f"PD {class_names[k][:14]}" if len(classes) > 1 else "partial dependence")
-        ax.set_title(feature[:32], fontsize=7)
+                    label=f"PD {short[k]}" if len(classes) > 1 else "partial dependence")
+        ax.set_title(title, fontsize=7)
         ax.set_xlabel("feature value", fontsize=6)
-        ax.set_ylabel(f"P({class_names[focus][:14]})" if len(classes) == 1 else "probability", fontsize=6)
+        ax.set_ylabel(f"P({short[focus]})" if len(classes) == 1 else "probability", fontsize=6)
         ax.tick_params(labelsize=6)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=5)
@@ -214,11 +238,12 @@ def global_importance_bars(mean_abs: np.ndarray, feature_names: list[str], class
     """Mean |SHAP| per feature, stacked by class, for the `top` features overall."""
     order = np.argsort(-mean_abs.sum(0))[:top][::-1]
     fig, ax = plt.subplots(figsize=(6, 0.27 * len(order) + 1))
-    left = np.zeros(len(order))
-    for k, name in enumerate(class_names):
-        ax.barh([feature_names[i][:40] for i in order], mean_abs[k, order], left=left, label=name[:16])
+    left, labels, legend = np.zeros(len(order)), short_labels([feature_names[i] for i in order], 40), \
+        short_labels(class_names, 16)
+    for k in range(len(class_names)):
+        ax.barh(labels, mean_abs[k, order], left=left, label=legend[k])
         left += mean_abs[k, order]
-    stacked = " (stacked by class)" if len(class_names) > 1 else f" for '{class_names[0][:30]}'"
+    stacked = " (stacked by class)" if len(class_names) > 1 else f" for '{short_labels(class_names, 30)[0]}'"
     ax.set_xlabel("mean |SHAP value| over the explained rows" + stacked, fontsize=7)
     ax.tick_params(labelsize=6)
     ax.legend(fontsize=6)
@@ -230,9 +255,9 @@ def global_importance_maps(maps: np.ndarray, class_names: list[str], path: Path)
     """Mean |SHAP| per pixel (summed over channels), one map per class, on one scale."""
     fig, axes = plt.subplots(1, len(maps), figsize=(1.2 * len(maps), 1.7), squeeze=False)
     limit = float(maps.max()) or 1e-12
-    for ax, m, name in zip(axes[0], maps, class_names):
+    for ax, m, title in zip(axes[0], maps, short_labels(class_names, 12)):
         im = ax.imshow(m, cmap="viridis", vmin=0, vmax=limit)
-        ax.set_title(name[:12], fontsize=6)
+        ax.set_title(title, fontsize=6)
         ax.axis("off")
     bar = fig.colorbar(im, ax=list(axes[0]), orientation="horizontal", fraction=0.06, pad=0.04, aspect=60)
     bar.set_label("mean |SHAP value| per pixel", fontsize=6)
@@ -245,7 +270,7 @@ def feature_bars(values: np.ndarray, feature_names: list[str], title: str, path:
     """Signed attributions of one row's top `top` features by magnitude."""
     order = np.argsort(-np.abs(values))[:top][::-1]
     fig, ax = plt.subplots(figsize=(5.6, 0.22 * len(order) + 0.8))
-    ax.barh([feature_names[i][:40] for i in order], values[order], color=_signed_colors(values[order]))
+    ax.barh(short_labels([feature_names[i] for i in order], 40), values[order], color=_signed_colors(values[order]))
     ax.axvline(0, color="black", linewidth=0.6)
     ax.set_title(title, fontsize=7)
     ax.set_xlabel(xlabel, fontsize=6)
@@ -262,8 +287,9 @@ def attribution_heatmap(matrix: np.ndarray, row_labels: list[str], feature_names
     limit = float(np.abs(shown).max()) or 1e-12
     fig, ax = plt.subplots(figsize=(7, 0.25 * len(row_labels) + 1.8))
     im = ax.imshow(shown, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
-    ax.set_xticks(range(len(order)), [feature_names[i][:24] for i in order], rotation=60, ha="right", fontsize=5)
-    ax.set_yticks(range(len(row_labels)), [label[:30] for label in row_labels], fontsize=5)
+    ax.set_xticks(range(len(order)), short_labels([feature_names[i] for i in order], 24), rotation=60, ha="right",
+                  fontsize=5)
+    ax.set_yticks(range(len(row_labels)), short_labels(row_labels, 30), fontsize=5)
     ax.set_title(title, fontsize=7)
     fig.colorbar(im, ax=ax, fraction=0.03).ax.tick_params(labelsize=5)
     fig.tight_layout()
@@ -307,7 +333,8 @@ def slice_bars(slices: pd.DataFrame, overall: float, path: Path) -> Path:
     """Accuracy per slice, grouped by slicing; flagged slices in red, the overall accuracy as a line."""
     shown = slices[::-1]
     fig, ax = plt.subplots(figsize=(6, 0.2 * len(shown) + 0.9))
-    labels = [f"{s[:18]}: {v[:22]} (n={n})" for s, v, n in zip(shown["slicing"], shown["slice"], shown["n_rows"])]
+    labels = short_labels([f"{cut(s, 18)}: {cut(v, 22)} (n={n})"
+                           for s, v, n in zip(shown["slicing"], shown["slice"], shown["n_rows"])], 60)
     ax.barh(labels, shown["accuracy"], color=["#d62728" if f else "#4c72b0" for f in shown["flagged"]])
     ax.axvline(overall, color="black", linestyle="--", linewidth=0.8, label=f"overall {overall:.3f}")
     ax.set_xlim(max(0.0, min(shown["accuracy"].min(), overall) - 0.1), 1.0)

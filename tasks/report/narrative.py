@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.model.reference import CNNConfig
+from tasks.report.figures import short_labels
 from tasks.run.formats import Split
 
 REASONS_SHOWN = 3  # features named in a table row's reason codes
@@ -61,7 +62,8 @@ def feature_summary(split: Split) -> list[dict]:
 
 
 def row_labels(explained: pd.DataFrame, names: list[str]) -> list[str]:
-    return [f"{sid[-22:]} ({names[k][:12]})" for sid, k in zip(explained["source_id"], explained["predicted"])]
+    short = short_labels(names, 12)
+    return [f"{sid[-22:]} ({short[k]})" for sid, k in zip(explained["source_id"], explained["predicted"])]
 
 
 def reason_codes(values: np.ndarray, row: np.ndarray, feature_names: list[str], count: int = REASONS_SHOWN) -> list[str]:

@@ -11,7 +11,7 @@ import torch
 from tasks.data.images import read_image, resize_images
 from tasks.deepshap.stage import ENGINES, additivity_errors, stage_engine
 from tasks.model.run_model import load_run_model
-from tasks.report.figures import shap_image_plot
+from tasks.report.figures import shap_image_plot, short_labels
 from tasks.report.render import render_pdf
 from tasks.run import layout
 from tasks.run.artifacts import sha256_file, write_json_atomic
@@ -59,8 +59,9 @@ def explain_image(image_path: Path, run_dir: Path, out_dir: Path) -> dict:
     predicted = int(probs.argmax())
     stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in image_path.stem)[:60] or "image"
     target = out_dir / f"{stem}-{sha256_file(image_path)[:8]}"
-    titles = [f"{name[:12]} {probs[k]:.2f}" for k, name in enumerate(names)]
-    figure = shap_image_plot(image, values, titles, target / "shap.png", f"pred {names[predicted][:12]}")
+    short = short_labels(names, 12)
+    titles = [f"{label} {probs[k]:.2f}" for k, label in enumerate(short)]
+    figure = shap_image_plot(image, values, titles, target / "shap.png", f"pred {short[predicted]}")
     ranked = np.argsort(-probs)[:3]
     context = {
         "image": {"name": image_path.name, "sha256": sha256_file(image_path)},

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import secrets
+import stat
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,6 +23,30 @@ import pyarrow.parquet as pq
 
 from tasks.run import layout
 from tasks.run.errors import InputError
+
+
+def read_user_text(path: Path, what: str, max_bytes: int) -> str:
+    """A small UTF-8 text file the user named (a model card, say), or InputError naming it: it must be a regular
+    file, checked on the opened file (a FIFO or a device is refused without blocking on it), and is read up to
+    `max_bytes` (a /proc file's size says 0: the size is what is read, not what stat says)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise InputError(f"{what} {path} cannot be opened: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise InputError(f"{what} {path} is not a regular file")
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            data = handle.read(max_bytes + 1)
+        except OSError as exc:
+            raise InputError(f"{what} {path} cannot be read: {exc.strerror}") from None
+    if len(data) > max_bytes:
+        raise InputError(f"{what} {path} is over {max_bytes:,} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{what} {path} is not UTF-8 text (byte {exc.start})") from None
 
 
 def sha256_file(path: Path) -> str:

@@ -15,7 +15,6 @@ import os
 from pathlib import Path
 
 from pypdf import PdfReader
-from pypdf.errors import PdfReadError
 
 from tasks.run import layout
 from tasks.run.artifacts import build_manifest

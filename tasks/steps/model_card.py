@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from tasks.run import layout
-from tasks.run.artifacts import sha256_file, write_bytes_atomic, write_json_atomic
+from tasks.run.artifacts import read_user_text, sha256_file, write_bytes_atomic, write_json_atomic
 from tasks.run.errors import InputError
 
 FIELDS = {  # key in the YAML file -> heading in the report
@@ -57,13 +57,12 @@ NOT_PROVIDED = "not provided"
 def read_model_card(path: Path) -> dict[str, str | list[str]]:
     """The card's fields as text or lists of text; InputError naming the file for anything else."""
     path = Path(path).expanduser().resolve()
-    if not path.is_file():
-        raise InputError(f"model card {path} does not exist or is not a file")
-    if path.stat().st_size > MAX_BYTES:
-        raise InputError(f"model card {path} is over {MAX_BYTES:,} bytes")
+    if not path.exists():
+        raise InputError(f"model card {path} does not exist")
+    text = read_user_text(path, "model card", MAX_BYTES)
     try:
-        card = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        card = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
         raise InputError(f"model card {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if card is None:
         card = {}

@@ -83,7 +83,8 @@ def gradient_section(data: ReportData, result: dict) -> dict:
         figure = figures.gradient_grid(
             split.rows_of(shown["source_id"]),
             np.stack(shown["saliency"].to_numpy()).reshape(-1, *shape), ig[: len(shown)],
-            [f"{sid[:22]}\nclass {names[k][:12]}" for sid, k in zip(shown["source_id"], shown["class_index"])],
+            [f"{sid[:22]}\nclass {figures.short_labels(names, 12)[k]}"
+             for sid, k in zip(shown["source_id"], shown["class_index"])],
             data.figure("gradients.png"))
     return {"figure": data.rel(figure), "max": result["max_ig_completeness_error"],
             "mean": result["mean_ig_completeness_error"], "n": len(table),

@@ -149,7 +149,8 @@ def lime_section(data: ReportData, result: dict) -> dict:
         "Kernel SHAP": patches.spread(kernel_pred).sum(1),  # a patch's value shared by its pixels
         "LIME": np.stack([lime_by_position[p] for p in shown]).sum(1),
     }
-    titles = [f"{sid[-20:]}\npred {names[k][:12]}" for sid, k in zip(rows["source_id"], rows["predicted"])]
+    short = figures.short_labels(names, 12)
+    titles = [f"{sid[-20:]}\npred {short[k]}" for sid, k in zip(rows["source_id"], rows["predicted"])]
     section["maps_figure"] = data.rel(figures.method_maps(split.rows_of(rows["source_id"]), maps, titles,
                                                           data.figure("kernel_lime.png")))
     return section
