@@ -116,3 +116,16 @@ def test_names_that_read_the_same_are_refused(tmp_path, change, message):
     """Two classes (or features) a reader cannot tell apart in the report: zero-width, full-width, doubled spaces."""
     with pytest.raises(InputError, match=message):
         load_dataset(f"csv:{write_table(tmp_path / 'x.csv', change(small_frame()))}", label="defaulted")
+
+
+def test_text_that_is_not_utf8_is_refused_in_one_line(tmp_path):
+    header = tmp_path / "header.csv"
+    header.write_bytes(b"inc\xe9me,age,defaulted\n" + b"".join(b"%d,%d,%s\n" % (i, i, b"ab"[i % 2:i % 2 + 1])
+                                                                for i in range(10)))
+    with pytest.raises(InputError, match=r"header.csv: the header is not UTF-8 text \(byte b'\\xe9'"):
+        load_dataset(f"csv:{header}", label="defaulted")
+    values = tmp_path / "values.csv"
+    values.write_bytes(b"income,age,defaulted\n" + b"".join(b"%d,%d,%s\n" % (i, i, [b"caf\xe9", b"b"][i % 2])
+                                                            for i in range(10)))
+    with pytest.raises(InputError, match="label column 'defaulted' is not UTF-8 text"):
+        load_dataset(f"csv:{values}", label="defaulted")

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from tasks.data.dataset import Dataset
-from tasks.run.errors import InputError
+from tasks.run.errors import InputError, require_utf8
 
 IMAGE_SIZE = 32  # the reference CNN's input is 32x32
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -176,12 +176,15 @@ def _deep_pixels(image: Image.Image, path: Path) -> np.ndarray:
 
 def load_imagefolder(directory: Path) -> Dataset:
     class_dirs = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for class_dir in class_dirs:
+        require_utf8(class_dir.name, f"image folder {directory}: class folder")
     if not class_dirs:
         raise InputError(f"image folder {directory} has no class sub-folders")
     files: list[tuple[Path, int]] = []
     for label, class_dir in enumerate(class_dirs):
         for path in sorted(class_dir.rglob("*")):
             if path.is_file() and not path.name.startswith("."):
+                require_utf8(path.relative_to(directory).as_posix(), f"image folder {directory}: file")
                 if path.suffix.lower() not in IMAGE_SUFFIXES:
                     raise InputError(f"{path} is not an image file ({', '.join(sorted(IMAGE_SUFFIXES))})")
                 files.append((path, label))

@@ -115,9 +115,15 @@ def table_to_dataset(table: pa.Table, label: str, name: str, source: str) -> Dat
 
 def _read_csv(path: Path) -> pa.Table:
     try:
-        return pa_csv.read_csv(path)
+        table = pa_csv.read_csv(path)
     except (OSError, pa.ArrowException, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not a readable CSV file: {first_line(exc, 1000)}") from None
+    try:
+        table.column_names  # noqa: B018 - pyarrow decodes the header's names only when asked
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: the header is not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} "
+                         "in a column name): save the file as UTF-8") from None
+    return table
 
 
 def _read_parquet(path: Path) -> pa.Table:
@@ -140,6 +146,8 @@ def _encode_labels(column: pa.ChunkedArray, name: str, label: str) -> tuple[np.n
         values = column.to_numpy(zero_copy_only=False)
         if not np.isfinite(values).all():
             raise InputError(f"{name}: label column {label!r} has NaN or infinite values")
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):  # how pyarrow reads text that is not UTF-8
+        raise InputError(f"{name}: label column {label!r} is not UTF-8 text: save the file as UTF-8")
     if not (_is_numeric(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind)
             or pa.types.is_dictionary(kind)):
         raise InputError(f"{name}: label column {label!r} has type {kind}; use numbers or text")

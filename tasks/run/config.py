@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from tasks.data.specs import parse_dataset_spec
-from tasks.run.errors import InputError
+from tasks.run.errors import InputError, require_utf8
 
 SHAP_ENGINES = ("fast", "shap")  # tasks/deepshap/engine.py, or shap.DeepExplainer itself
 OUTPUT_KINDS = ("logits", "probabilities")
@@ -42,6 +42,11 @@ class RunConfig:
     positive_class: str | None = None  # binary data: the class scores and explanations speak for; None: the second
 
     def __post_init__(self) -> None:
+        for field_ in fields(self):  # every text and path given, before anything is derived from it
+            values = getattr(self, field_.name)
+            for value in values if isinstance(values, tuple) else (values,):
+                if isinstance(value, (str, Path)):
+                    require_utf8(str(value), f"--{field_.name.replace('_', '-')}")
         for name in ("epochs", "background", "explain_rows", "batch_size", "shard_size"):
             value = getattr(self, name)
             if name in ("shard_size", "background", "explain_rows") and value is None:
