@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from pypdf import PdfReader
 
 from tasks.run.checks import Check
 from tasks.run.errors import InputError
