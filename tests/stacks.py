@@ -1,5 +1,5 @@
 """Bring deploy/stack.sh up for a test module, talk to its server, and run its deployment: shared by the
-SQLite stack tests (test_service.py) and the PostgreSQL ones (test_service_postgres.py)."""
+SQLite stack tests (test_service_sqlite.py) and the PostgreSQL ones (test_service.py)."""
 
 import contextlib
 import os
@@ -7,6 +7,7 @@ import re
 import socket
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -95,8 +96,9 @@ def run_deployment(stack, *parameters: str, timeout: float = 480) -> dict:
     return flow_run
 
 
-def scheduled_runs(stack, wait: float = 60) -> list[dict]:
-    """The monthly deployment's runs the scheduler created (waits up to `wait` seconds for the first)."""
+def check_monthly_schedule(stack, wait: float = 60) -> list[dict]:
+    """The monthly deployment's runs the scheduler created from its cron (waits up to `wait` seconds for the
+    first), each at 06:00 on the first of a month."""
     deployment = api(stack, "/deployments/name/compliance_report/monthly")
     assert deployment["schedules"][0]["schedule"]["cron"] == "0 6 1 * *"
     deadline = time.monotonic() + wait
@@ -105,8 +107,12 @@ def scheduled_runs(stack, wait: float = 60) -> list[dict]:
                                                                "state": {"type": {"any_": ["SCHEDULED"]}}},
                                                 "limit": 10, "sort": "EXPECTED_START_TIME_ASC"})
         if runs or time.monotonic() > deadline:
-            return runs
+            break
         time.sleep(2)
+    assert runs, "the scheduler created no runs for the cron schedule"
+    starts = [datetime.fromisoformat(r["expected_start_time"].replace("Z", "+00:00")) for r in runs]
+    assert all(s.day == 1 and s.hour == 6 and s.minute == 0 for s in starts)
+    return runs
 
 
 def report_link(stack, flow_run_id: str) -> str:

@@ -1,66 +1,70 @@
-"""Run as a service, for real: deploy/stack.sh brings up a Prefect server, the cpu and gpu pools, the
-deployments of deploy/prefect.yaml and one worker per pool; a deployed report runs its SHAP stage on
-the gpu pool's worker. Every process is stopped by the fixture, even when a test fails."""
+"""Run as a service, for real: `DATABASE=postgres deploy/stack.sh up` brings up PostgreSQL, a Prefect server on
+it, the cpu and gpu pools, the deployments of deploy/prefect.yaml, one worker per pool and the reports server;
+a deployed report runs its SHAP stage on the gpu pool's worker, its PDF opens from the UI, and Prefect's own
+CLI reads it all. Every process is stopped by the fixture, even when a test fails. (The default SQLite stack:
+test_service_sqlite.py.) Needs Debian's postgresql and chromium packages (.ci/run installs them)."""
 
 import os
+import re
 import shutil
 import stat
 import subprocess
-from datetime import datetime
+import tempfile
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.stacks import (PREFECT, ROOT, STACK_SH, api, free_port, report_link, run_deployment, scheduled_runs,
-                          stack_up)
+from tests.stacks import PREFECT, ROOT, api, check_monthly_schedule, report_link, run_deployment, stack_up
 
-pytestmark = [pytest.mark.slow, pytest.mark.stack]  # run alone, after the rest (see the Makefile)
+pytestmark = [pytest.mark.slow, pytest.mark.stack, pytest.mark.postgres]  # run alone, after the rest (Makefile)
+PG_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    with stack_up(tmp_path_factory.mktemp("stack")) as running:
-        yield running
+    if not PG_BIN:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed (.ci/run installs Debian's postgresql)")
+        pytest.skip("PostgreSQL is not installed")
+    # Run by root, the cluster belongs to the postgres user, who must reach its directory: not under pytest's
+    # private (0700) temporary directory.
+    shared = Path(tempfile.mkdtemp(prefix="accountability-pg-"))
+    shared.chmod(0o755)
+    try:
+        with stack_up(tmp_path_factory.mktemp("stack"), DATABASE="postgres", PG_DATA=str(shared / "data")) as running:
+            yield running
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
 
 
-def stack_sh(stack, command: str, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([str(STACK_SH), command], env={**stack["env"], **env}, timeout=120,
-                          capture_output=True, text=True)
+def psql(stack, sql: str) -> str:
+    """A query to the stack's own PostgreSQL, with the password stack.sh generated."""
+    port = int(stack["env"]["PORT"]) + 2
+    password = (stack["base"] / "state" / "postgres.password").read_text().strip()
+    done = subprocess.run([str(PG_BIN[-1].parent / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "prefect",
+                           "-d", "prefect", "-tAc", sql], env={**os.environ, "PGPASSWORD": password},
+                          capture_output=True, text=True, timeout=60, check=True)
+    return done.stdout.strip()
 
 
-def test_up_twice_or_on_a_taken_port_is_refused_in_one_line_and_status_reports(stack):
+def test_the_server_runs_on_its_own_postgres_whose_password_stays_with_it(stack):
+    assert "database postgres" in stack["up"]
     state = stack["base"] / "state"
-    pids = {p.name: p.read_text() for p in state.glob("*.pid")}
-    assert set(pids) == {"server.pid", "reports.pid", "worker-cpu.pid", "worker-gpu.pid"}
-    again = stack_sh(stack, "up")
-    assert again.returncode == 1 and again.stderr.count("\n") == 1, again.stderr
-    assert "stack.sh: already running (server, pid" in again.stderr
-    assert {p.name: p.read_text() for p in state.glob("*.pid")} == pids  # the running stack is untouched
-    assert (state / "server.log").read_text().count("=== ") == 1  # its log too (a start appends, never truncates)
-
-    other = stack_sh(stack, "up", STACK_DIR=str(stack["base"] / "other"))  # another stack, the same port
-    port = stack["env"]["PORT"]
-    assert other.returncode == 1 and f"port {port} on 127.0.0.1 is taken by another program" in other.stderr
-    reports_port = stack_sh(stack, "up", STACK_DIR=str(stack["base"] / "other"), PORT=str(free_port()),
-                            REPORTS_PORT=str(int(port) + 1))
-    assert reports_port.returncode == 1 and "set REPORTS_PORT=... to use another" in reports_port.stderr
-    assert not list((stack["base"] / "other").glob("*.pid"))
-
-    status = stack_sh(stack, "status")
-    assert status.returncode == 0, status.stdout
-    for name in ("server", "reports", "worker-cpu", "worker-gpu"):
-        assert f"{name}: running (pid {pids[name + '.pid'].strip()})" in status.stdout
-    assert f"server: answers at {stack['api']}" in status.stdout
-    assert f"reports: served at {stack['reports']}" in status.stdout
-    stopped = stack_sh(stack, "status", STACK_DIR=str(stack["base"] / "other"), PORT=str(free_port()))
-    assert stopped.returncode == 1 and "server: stopped" in stopped.stdout
+    assert {p.name for p in state.glob("*.pid")} == {"postgres.pid", "server.pid", "reports.pid", "worker-cpu.pid",
+                                                     "worker-gpu.pid"}
+    assert stat.S_IMODE((state / "postgres.password").stat().st_mode) == 0o600
+    password = (state / "postgres.password").read_text().strip()
+    assert password not in Path(f"/proc/{int((state / 'server.pid').read_text())}/cmdline").read_text()  # not in ps
+    worker_environment = Path(f"/proc/{int((state / 'worker-cpu.pid').read_text())}/environ").read_bytes()
+    assert b"PREFECT_API_DATABASE_CONNECTION_URL" not in worker_environment  # nor given to the flows
+    assert not list((stack["base"] / "home").glob("*.db"))  # no SQLite database beside it
 
 
-def test_the_monthly_deployment_gets_scheduled_runs_from_the_cron(stack):
-    runs = scheduled_runs(stack)
-    assert runs, "the scheduler created no runs for the cron schedule"
-    starts = [datetime.fromisoformat(r["expected_start_time"].replace("Z", "+00:00")) for r in runs]
-    assert all(s.day == 1 and s.hour == 6 and s.minute == 0 for s in starts)
+def test_the_monthly_deployment_gets_scheduled_runs_kept_in_postgres(stack):
+    runs = check_monthly_schedule(stack)
+    ids = ", ".join(f"'{r['id']}'" for r in runs)
+    assert int(psql(stack, f"SELECT count(*) FROM flow_run WHERE id IN ({ids})")) == len(runs)
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +88,7 @@ def test_a_deployed_report_runs_its_shap_stage_on_the_gpu_worker(stack, deployed
     flow_run_id = parent["id"]
     assert parent["state_type"] == "COMPLETED", parent["state"]["message"]
     assert parent["work_pool_name"] == "cpu"
+    assert psql(stack, f"SELECT state_name FROM flow_run WHERE id = '{flow_run_id}'") == parent["state_name"]
 
     children = api(stack, "/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [flow_run_id]}},
                                                 "limit": 5, "offset": 0, "sort": "START_TIME_DESC"})
@@ -102,7 +107,12 @@ def test_a_deployed_report_runs_its_shap_stage_on_the_gpu_worker(stack, deployed
                                                  "limit": 50, "offset": 0, "sort": "KEY_ASC"})
     keys = {a["key"] for a in artifacts}
     assert {"compliance-summary", "validation-metrics", "report-pdf"} <= keys
-    assert any(a["type"] == "progress" for a in artifacts)  # the long steps' progress
+    # One progress artifact, on the run the user watches, moved through every stage (the gpu worker's SHAP too)
+    (progress,) = [a for a in artifacts if a["type"] == "progress"]
+    assert progress["key"] == "run-progress" and progress["data"] == 100.0
+    assert re.fullmatch(r"(\d+)/\1 done(, with findings)?, 100%", progress["description"]), progress["description"]
+    child_artifacts = api(stack, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [child["id"]]}}})
+    assert not [a for a in child_artifacts if a["type"] == "progress"]
     (run_dir,) = out.iterdir()
     assert (run_dir / "report.pdf").is_file() and (run_dir / "manifest.json").is_file()
     assert (run_dir / "model" / "model.pt2").read_bytes() == (stack["base"] / "scorecard.pt2").read_bytes()

@@ -180,10 +180,10 @@ def test_slice_labels_show_interval_bounds_without_float_noise():
 
 
 def test_permutation_repeats_rise_on_small_data_and_never_fall_below_the_default():
-    assert choose_repeats("table", 5000) == (10, None) and choose_repeats("image", 200) == (5, None)
-    assert choose_repeats("table", 100)[0] == 20 and choose_repeats("image", 50)[0] == 20  # 2,000 / 100; 1,000 / 50
-    assert choose_repeats("table", 12)[0] == 50  # capped
+    assert choose_repeats("table", 5000) == (10, None) and choose_repeats("table", 200) == (10, None)
+    assert choose_repeats("table", 100)[0] == 20 and choose_repeats("table", 12)[0] == 50  # 2,000 / 100; capped
     assert "raised for 100 validation rows" in choose_repeats("table", 100)[1]
+    assert choose_repeats("image", 8) == (5, None)  # a shuffle of images is a forward pass: not raised
     for modality in REPEATS:
         counts = [choose_repeats(modality, n)[0] for n in range(1, 6000, 7)]
         assert min(counts) == REPEATS[modality] and counts == sorted(counts, reverse=True)
