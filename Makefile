@@ -15,11 +15,12 @@ $(BIN)/accountability: pyproject.toml constraints.txt
 report: $(BIN)/accountability
 	$(BIN)/accountability run
 
-## Run the test suite: two pytest workers (one test file each at a time), then the stack tests alone.
+## Run the test suite: two pytest workers (one test file each at a time), then the stack tests after the rest
+## (the SQLite and the PostgreSQL stack side by side, on ports of their own).
 ## Exit 5 (nothing collected, e.g. PYTEST_ARGS="-k name") is not a failure of the second part.
 test: $(BIN)/accountability
 	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not stack" $(PYTEST_ARGS)
-	$(BIN)/python -m pytest -m stack $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m stack $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 ## The tests without the end-to-end flow runs (a minute or two).
 test-fast: $(BIN)/accountability

@@ -17,7 +17,7 @@ import pytest
 
 from tests.stacks import PREFECT, ROOT, api, check_monthly_schedule, report_link, run_deployment, stack_up
 
-pytestmark = [pytest.mark.slow, pytest.mark.stack, pytest.mark.postgres]  # run alone, after the rest (Makefile)
+pytestmark = [pytest.mark.slow, pytest.mark.stack, pytest.mark.postgres]  # after the rest (Makefile)
 PG_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
 
 

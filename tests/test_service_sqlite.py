@@ -8,7 +8,7 @@ import pytest
 
 from tests.stacks import STACK_SH, check_monthly_schedule, free_port, stack_up
 
-pytestmark = [pytest.mark.slow, pytest.mark.stack]  # run alone, after the rest (see the Makefile)
+pytestmark = [pytest.mark.slow, pytest.mark.stack]  # after the rest (see the Makefile)
 
 
 @pytest.fixture(scope="module")

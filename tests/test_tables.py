@@ -111,6 +111,8 @@ def test_a_class_name_with_nothing_visible_is_refused(tmp_path):
      r"class names 'yes' and 'yes\\u200b' read the same in a report"),
     (lambda f: f.rename(columns={"age": "ｉｎｃｏｍｅ"}), "feature names 'income' and 'ｉｎｃｏｍｅ' read the same"),
     (lambda f: f.rename(columns={"age": "in  come", "income": "in come"}), "feature names 'in come' and 'in  come'"),
+    (lambda f: f.rename(columns={"age": "age\u202e01"}), r"feature name 'age\\u202e01' holds a bidirectional control"),
+    (lambda f: f.assign(defaulted=np.where(np.arange(40) % 2, "\u2067no", "yes")), r"class name '\\u2067no' holds"),
 ])
 def test_names_that_read_the_same_are_refused(tmp_path, change, message):
     """Two classes (or features) a reader cannot tell apart in the report: zero-width, full-width, doubled spaces."""

@@ -41,7 +41,14 @@ def validate_dataset(dataset: Dataset) -> None:
     if invisible:
         raise InputError(f"dataset {dataset.name}: class names {invisible[:5]} have no visible character; "
                          "a report could not show them")
-    for kind, names in (("class", dataset.class_names), ("feature", dataset.feature_names)):
+    group_values = sorted({str(v) for values in dataset.groups.values() for v in values})
+    for kind, names in (("class", dataset.class_names), ("feature", dataset.feature_names),
+                        ("protected group", [*dataset.groups, *group_values])):
+        if reordering := [name for name in names if BIDI_CONTROLS.intersection(name)]:
+            raise InputError(f"dataset {dataset.name}: {kind} name {reordering[0]!r} holds a bidirectional control "
+                             "character, which reorders the text around it in the report; remove it")
+        if kind == "protected group":
+            continue
         if clash := lookalikes(names):
             raise InputError(f"dataset {dataset.name}: {kind} names {clash[0]!r} and {clash[1]!r} read the same in a "
                              "report (they differ only in invisible, spacing or compatibility characters); rename one")
@@ -62,6 +69,11 @@ def validate_dataset(dataset: Dataset) -> None:
             f"dataset {dataset.name}: classes {sparse[:5]}{more} have fewer than 2 rows, "
             "too few to split into training and validation"
         )
+
+
+# Embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069): in a name they would reorder the report's
+# text beyond the name itself ("Trojan Source"); a right-to-left script needs none of them.
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 def reading(name: str) -> str:

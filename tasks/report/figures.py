@@ -238,8 +238,8 @@ def global_importance_bars(mean_abs: np.ndarray, feature_names: list[str], class
     """Mean |SHAP| per feature, stacked by class, for the `top` features overall."""
     order = np.argsort(-mean_abs.sum(0))[:top][::-1]
     fig, ax = plt.subplots(figsize=(6, 0.27 * len(order) + 1))
-    left, labels, legend = np.zeros(len(order)), short_labels([feature_names[i] for i in order], 40), \
-        short_labels(class_names, 16)
+    labels, legend = short_labels([feature_names[i] for i in order], 40), short_labels(class_names, 16)
+    left = np.zeros(len(order))
     for k in range(len(class_names)):
         ax.barh(labels, mean_abs[k, order], left=left, label=legend[k])
         left += mean_abs[k, order]
