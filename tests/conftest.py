@@ -134,7 +134,8 @@ def table_run(prefect_server, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def digits_run(prefect_server, tmp_path_factory):
-    """A finished run of the flow on digits (1 epoch): an image model that has learned something."""
+    """A finished run of the flow on digits (1 epoch): an image model that has learned something. (The costliest
+    fixture, 2-4 minutes: keep its users in one file, test_flow.py, or two xdist workers each make it.)"""
     state, result = run_report(tmp_path_factory.mktemp("digits-runs"), dataset="digits", epochs=1, background=40,
                                explain_rows=8)
     return state, result

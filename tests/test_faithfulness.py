@@ -1,4 +1,5 @@
-"""Faithfulness checks: randomisation sanity check, deletion/insertion, stability."""
+"""Faithfulness checks: randomisation sanity check, stability. (Deletion/insertion on the digits model is in
+test_flow.py, whose worker makes the digits run: two files asking for it on two workers made it twice.)"""
 
 import numpy as np
 import pytest
@@ -6,8 +7,7 @@ import pytest
 from tasks.model.run_model import load_run_model
 from tasks.run import layout
 from tasks.run.formats import background_images, read_split
-from tasks.techniques.faithfulness import (cascading_randomisation, curve_areas, deep_shap_explainer,
-                                           deletion_insertion, randomisation_verdict)
+from tasks.techniques.faithfulness import cascading_randomisation, deep_shap_explainer, randomisation_verdict
 
 
 def model_and_rows(run_dir):
@@ -36,18 +36,6 @@ def test_deep_shap_maps_change_when_the_model_is_randomised(table_model):
     table = cascading_randomisation(model, deep_shap_explainer(background), rows, targets, seed=0)
     signed, _, flagged = randomisation_verdict(table)
     assert not flagged and signed < 0.5
-
-
-def test_deep_shap_beats_random_order_in_deletion_and_insertion(digits_run):
-    model, background, rows, targets = model_and_rows(digits_run[1]["run_dir"])
-    maps = deep_shap_explainer(background)(model, rows, targets)
-    curves = deletion_insertion(lambda x: model.predict_proba(x), rows, maps, targets, background.mean(0), seed=0)
-    assert set(curves["fraction"]) == {i / 16 for i in range(17)}
-    full = curves[(curves["curve"] == "deletion") & (curves["fraction"] == 0)]
-    np.testing.assert_allclose(full["probability"], np.repeat(model.predict_proba(rows)[np.arange(8), targets], 4))
-    areas = curve_areas(curves)
-    assert areas.loc["deletion", "attribution"] < areas.loc["deletion", "random"]
-    assert areas.loc["insertion", "attribution"] > areas.loc["insertion", "random"]
 
 
 def test_the_same_background_gives_the_same_explanation(table_model):

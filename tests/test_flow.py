@@ -5,6 +5,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -101,6 +102,25 @@ def test_flow_writes_a_complete_run_directory(flow_result):
     assert pq.read_schema(layout.path(run_dir, "metrics")).names == [
         "epoch", "split", "loss", "accuracy", "precision_macro", "recall_macro", "f1_macro"]
     assert result["max_additivity_error"] < 1e-5
+
+
+@pytest.mark.slow
+def test_deep_shap_beats_random_order_in_deletion_and_insertion(flow_result):
+    """Faithfulness on the digits model (tasks/techniques/faithfulness.py): removing pixels in DeepSHAP's order
+    drops the prediction faster than in a random order, and adding them raises it faster."""
+    from tasks.techniques.faithfulness import curve_areas, deep_shap_explainer, deletion_insertion
+    from tests.test_faithfulness import model_and_rows
+
+    model, background, rows, targets = model_and_rows(flow_result[1]["run_dir"])
+    maps = deep_shap_explainer(background)(model, rows, targets)
+    curves = deletion_insertion(lambda x: model.predict_proba(x), rows, maps, targets, background.mean(0), seed=0)
+    assert set(curves["fraction"]) == {i / 16 for i in range(17)}
+    full = curves[(curves["curve"] == "deletion") & (curves["fraction"] == 0)]
+    np.testing.assert_allclose(full["probability"], np.repeat(model.predict_proba(rows)[np.arange(8), targets], 4))
+    areas = curve_areas(curves)
+    assert areas.loc["deletion", "attribution"] < areas.loc["deletion", "random"]
+    assert areas.loc["insertion", "attribution"] > areas.loc["insertion", "random"]
+
 
 
 @pytest.mark.slow
