@@ -38,8 +38,9 @@ def short_labels(names, width: int) -> list[str]:
     return labels
 
 
-def cut(text: str, width: int) -> str:
-    """`text`, or its first `width - 1` characters and an ellipsis."""
+def cut(text, width: int) -> str:
+    """User text as it is drawn (mathtext is off, above), or its first `width - 1` characters and an ellipsis."""
+    text = str(text)
     return text if len(text) <= width else text[:width - 1] + "…"
 
 

@@ -1,6 +1,7 @@
 """Figures of the validators' sections: calibration, robustness, fairness, the challenger, outcomes over time.
 
-Names from the data (classes, groups) are shortened by `literal`; figures.py turns mathtext off for every text.
+Names from the data (classes, groups) are shortened by figures.cut, and bar and tick labels by
+figures.short_labels (kept distinct); figures.py turns mathtext off for every text.
 """
 
 from __future__ import annotations
@@ -10,13 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.report.figures import plt, save_figure
-
-
-def literal(text: str, width: int = 24) -> str:
-    """User text shortened to `width` characters (drawn as it is: figures.py turns mathtext off)."""
-    text = str(text)
-    return text if len(text) <= width else text[: width - 1] + "…"
+from tasks.report.figures import cut, plt, save_figure, short_labels
 
 
 def reliability_diagram(bins: pd.DataFrame, ece: float, subject: str, path: Path) -> Path:
@@ -31,7 +26,7 @@ def reliability_diagram(bins: pd.DataFrame, ece: float, subject: str, path: Path
     ax.plot([0, 1], [0, 1], "k--", linewidth=0.8, label="perfect calibration")
     ax.set_ylim(0, 1)
     ax.set_ylabel("observed frequency", fontsize=7)
-    ax.set_title(f"reliability of {literal(subject, 30)} (ECE {ece:.3f})", fontsize=8)
+    ax.set_title(f"reliability of {cut(subject, 30)} (ECE {ece:.3f})", fontsize=8)
     ax.legend(fontsize=6, loc="upper left")
     counts.bar(bins["bin_low"], bins["n_rows"], width=width, align="edge", color="#8c8c8c", edgecolor="white")
     counts.set_xlim(0, 1)
@@ -49,7 +44,7 @@ def robustness_curves(curves: pd.DataFrame, drop: float, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 2.8))
     baseline = float(curves["accuracy"].iloc[0])
     for name, curve in curves.groupby("perturbation", sort=False):
-        ax.plot(curve["strength"], curve["accuracy"], "-o", markersize=3, label=literal(name, 30))
+        ax.plot(curve["strength"], curve["accuracy"], "-o", markersize=3, label=cut(name, 30))
     ax.axhline(baseline - drop, color="#c44e52", linestyle="--", linewidth=0.8,
                label=f"{drop:.0%} below unperturbed ({baseline:.3f})")
     ax.set_xlabel("relative strength (1 = the strongest level tested)", fontsize=7)
@@ -71,8 +66,8 @@ def fairness_bars(per_group: pd.DataFrame, path: Path, most_classes: int = 4) ->
         rows = per_group[per_group["attribute"] == attribute]
         classes = list(dict.fromkeys(rows["class_name"]))[:most_classes]
         rows = rows[rows["class_name"].isin(classes)]
-        labels = [f"{literal(c, 12)} | {literal(g, 14)} (n={n})"
-                  for c, g, n in zip(rows["class_name"], rows["group"], rows["support"])]
+        labels = short_labels([f"{cut(c, 12)} | {cut(g, 14)} (n={n})"
+                               for c, g, n in zip(rows["class_name"], rows["group"], rows["support"])], 60)
         y = np.arange(len(rows))
         for offset, (metric, color) in enumerate((("selection_rate", "#4c72b0"), ("tpr", "#55a868"),
                                                   ("fpr", "#c44e52"))):
@@ -82,7 +77,7 @@ def fairness_bars(per_group: pd.DataFrame, path: Path, most_classes: int = 4) ->
         ax.set_yticks(y, labels, fontsize=6)
         ax.invert_yaxis()
         ax.set_xlim(0, 1)
-        ax.set_title(f"by {literal(attribute, 40)}", fontsize=8)
+        ax.set_title(f"by {cut(attribute, 40)}", fontsize=8)
         ax.tick_params(labelsize=6)
         ax.grid(alpha=0.3, axis="x")
         ax.legend(fontsize=6, loc="lower right")
@@ -99,7 +94,7 @@ def challenger_bars(rows: pd.DataFrame, class_names: list[str], path: Path) -> P
         per_class = [right[rows["label"].to_numpy() == k].mean() if (rows["label"] == k).any() else np.nan
                      for k in range(len(class_names))]
         ax.barh(y + (offset - 0.5) * 0.4, per_class, height=0.4, color=color, label=column)
-    ax.set_yticks(y, [literal(name, 20) for name in class_names], fontsize=6)
+    ax.set_yticks(y, short_labels(class_names, 20), fontsize=6)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel("validation accuracy per true class", fontsize=7)
@@ -116,7 +111,7 @@ def outcomes_over_time(history: pd.DataFrame, path: Path) -> Path:
     x = np.arange(len(history))
     for metric in [c for c in history.columns if c not in ("run", "date", "current")]:
         ax.plot(x, history[metric], "-o", markersize=3, label=metric.replace("_", " "))
-    ax.set_xticks(x, [literal(d, 16) for d in history["date"]], fontsize=6, rotation=30, ha="right")
+    ax.set_xticks(x, [cut(d, 16) for d in history["date"]], fontsize=6, rotation=30, ha="right")
     ax.set_ylim(0, 1.02)
     ax.tick_params(labelsize=6)
     ax.grid(alpha=0.3)

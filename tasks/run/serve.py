@@ -12,6 +12,7 @@ import hmac
 import html
 import ipaddress
 import mimetypes
+import os
 import shutil
 import sys
 from email.utils import formatdate
@@ -91,11 +92,11 @@ class ReportsHandler(BaseHTTPRequestHandler):
     def _send_file(self, path: Path, body: bool) -> None:
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         with path.open("rb") as handle:
-            size = path.stat().st_size
+            info = os.fstat(handle.fileno())  # the file being sent, not whatever the name holds by now
             self.send_response(HTTPStatus.OK)
             self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(size))
-            self.send_header("Last-Modified", formatdate(path.stat().st_mtime, usegmt=True))
+            self.send_header("Content-Length", str(info.st_size))
+            self.send_header("Last-Modified", formatdate(info.st_mtime, usegmt=True))
             self._common_headers("sandbox; default-src 'none'" if content_type in ACTIVE_TYPES else None)
             if body:
                 shutil.copyfileobj(handle, self.wfile, CHUNK)
@@ -115,7 +116,7 @@ def resolve_served(root: Path, url_path: str) -> Path | None:
         parts = [part for part in unquote(url_path, errors="strict").split("/") if part]
     except UnicodeDecodeError:
         return None
-    if any(part.startswith(".") or "\\" in part or "\x00" in part for part in parts):  # "..", ".prefect-results"
+    if not all(map(served_name, parts)):
         return None
     candidate = root.joinpath(*parts)
     try:
@@ -126,11 +127,15 @@ def resolve_served(root: Path, url_path: str) -> Path | None:
     return candidate if candidate.is_dir() or candidate.is_file() else None
 
 
+def served_name(name: str) -> bool:
+    """A path component that may be served: not hidden ("..", ".prefect-results"), no backslash or NUL."""
+    return not name.startswith(".") and "\\" not in name and "\x00" not in name
+
+
 def listing(root: Path, directory: Path) -> str:
     """An HTML index of a served directory: the entries `resolve_served` would serve, names escaped."""
     entries = sorted(entry for entry in directory.iterdir()
-                     if not entry.name.startswith(".") and not entry.is_symlink()
-                     and (entry.is_dir() or entry.is_file()))
+                     if served_name(entry.name) and not entry.is_symlink() and (entry.is_dir() or entry.is_file()))
     title = html.escape("/" if directory == root else f"/{directory.relative_to(root).as_posix()}/")
     rows = "".join(f'<li><a href="{quote(e.name)}{"/" if e.is_dir() else ""}">{html.escape(e.name)}'
                    f'{"/" if e.is_dir() else ""}</a></li>' for e in entries)
