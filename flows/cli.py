@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tasks.run import layout
 from tasks.run.config import DEFAULT_BACKGROUND, DEFAULT_EXPLAIN, SHAP_ENGINES, RunConfig
-from tasks.run.errors import InputError
+from tasks.run.errors import STORAGE_ERRNOS, InputError, StorageError
 from tasks.run.serve import REPORTS_AUTH, REPORTS_URL
 
 EXIT_INPUT_ERROR = 2
@@ -171,12 +171,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _HideInputErrors(logging.Filter):
-    """Keep Prefect's console quiet about InputError: the CLI prints it once, as one line."""
+class _HideClearErrors(logging.Filter):
+    """Keep Prefect's console quiet about InputError and StorageError: the CLI prints them once, as one line. So
+    is Prefect's warning that a full or read-only file system kept it from caching a step's result: the step's
+    own write meets the same refusal, which the CLI prints (the step runs again on --resume)."""
+
+    refusals = tuple(os.strerror(code) for code in STORAGE_ERRNOS)
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, InputError) and "InputError" not in record.getMessage()
+        message = record.getMessage()
+        return not (isinstance(exc, (InputError, StorageError)) or "InputError" in message or "StorageError" in message
+                    or "Failed to write result" in message and any(text in message for text in self.refusals))
 
 
 class _HideFontNotice(logging.Filter):
@@ -195,7 +201,7 @@ def _quiet_console(verbose: bool) -> None:
 
     for handler in logging.getLogger().handlers:
         if isinstance(handler, PrefectConsoleHandler):
-            handler.addFilter(_HideInputErrors())
+            handler.addFilter(_HideClearErrors())
     logging.getLogger("weasyprint").addFilter(_HideFontNotice())
 
 
@@ -275,7 +281,9 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         result = compliance_report(**parameters, **dask)
     except KeyboardInterrupt:
-        raise Interrupted(config.resume or _unfinished_run(config.out, started)) from None
+        raise Stopped(None, config.resume or _unfinished_run(config.out, started)) from None
+    except StorageError as exc:  # a step's file was refused (disk full, read-only): what is written is kept
+        raise Stopped(exc, config.resume or _unfinished_run(config.out, started)) from None
     print(f"validation accuracy: {result['validation_accuracy']:.3f}; "
           f"largest SHAP additivity error: {result['max_additivity_error']:.2e}")
     print(f"checks: {result['checks_failed']} of {result['n_checks']} failed; "
@@ -287,12 +295,22 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
-class Interrupted(Exception):
-    """The run was stopped by Ctrl-C or SIGTERM; `run_dir` is what --resume finishes (None: none was created)."""
+class Stopped(Exception):
+    """The run stopped before its end: by Ctrl-C or SIGTERM (`error` None), or because its file system refused a
+    file (`error`). `run_dir` is what --resume finishes (None: none was created)."""
 
-    def __init__(self, run_dir: Path | None):
-        super().__init__(run_dir)
-        self.run_dir = run_dir
+    def __init__(self, error: StorageError | None, run_dir: Path | None):
+        super().__init__(error, run_dir)
+        self.error, self.run_dir = error, run_dir
+
+    def line(self) -> str:
+        """What the user reads: why, and how to finish the run."""
+        if self.error is None:
+            return "interrupted" + (f"; finish it with: accountability run --resume {self.run_dir}" if self.run_dir
+                                    else " before the run directory was created; nothing to resume")
+        finish = (f"; once it has room and can be written, finish the run with: accountability run --resume "
+                  f"{self.run_dir}" if self.run_dir else "")
+        return f"error: {self.error}{finish}"
 
 
 def _interrupt(signum, frame) -> None:
@@ -347,11 +365,12 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"accountability: error: {exc}", file=sys.stderr)
         return EXIT_INPUT_ERROR
-    except Interrupted as stopped:
-        hint = (f"; finish it with: accountability run --resume {stopped.run_dir}" if stopped.run_dir
-                else " before the run directory was created; nothing to resume")
-        print(f"accountability: interrupted{hint}", file=sys.stderr)
-        return 130
+    except Stopped as stopped:
+        print(f"accountability: {stopped.line()}", file=sys.stderr)
+        return 130 if stopped.error is None else 1
+    except StorageError as exc:  # explain-image's files
+        print(f"accountability: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("accountability: interrupted", file=sys.stderr)
         return 130

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -94,6 +93,7 @@ def _check(config: RunConfig, dask_address: str | None, dask_workers: int) -> Ru
 
 
 MIN_FREE_BYTES = 256 * 2**20  # a small run writes tens of megabytes; less free space than this fails late
+MIN_FREE_INODES = 1000  # a run writes about 120 files and directories
 RUN_PATH_ROOM = 160  # characters a run adds below --out: its directory name and deepest file path
 
 
@@ -105,10 +105,14 @@ def check_writable(out: Path) -> None:
     existing = next(p for p in (out, *out.parents) if p.exists())
     if not os.access(existing, os.W_OK | os.X_OK):
         raise InputError(f"--out {out}: cannot write in {existing} (permission denied or a read-only file system)")
-    free = shutil.disk_usage(existing).free
+    fs = os.statvfs(existing)
+    free = fs.f_bavail * fs.f_frsize
     if free < MIN_FREE_BYTES:
         raise InputError(f"--out {out}: only {free / 2**20:.0f} MiB free on its file system; a run needs at least "
                          f"{MIN_FREE_BYTES / 2**20:.0f} MiB")
+    if fs.f_files and fs.f_favail < MIN_FREE_INODES:  # f_files 0: the file system does not count them
+        raise InputError(f"--out {out}: its file system has room for only {fs.f_favail} more files (inodes); a run "
+                         f"needs at least {MIN_FREE_INODES}")
     if len(str(out).encode()) + RUN_PATH_ROOM > os.pathconf(existing, "PC_PATH_MAX"):
         raise InputError(f"--out {out} is too long a path: a run's files below it would pass the file system's "
                          f"limit of {os.pathconf(existing, 'PC_PATH_MAX')} bytes")

@@ -10,14 +10,14 @@ import time
 from prefect import task
 
 from tasks.run import layout
-from tasks.run.errors import InputError
+from tasks.run.errors import InputError, StorageError
 from tasks.run.resume import check_recorded_files, input_hash_key
 
 WALL_SECONDS = "wall_seconds"  # the key of a step's own wall time in its result
 
 
 class StepFailed(RuntimeError):
-    """A step failed with something other than a clear InputError; the message names the step."""
+    """A step failed with something other than a clear InputError or StorageError; the message names the step."""
 
 
 def step(fn, name: str, **options):
@@ -27,8 +27,8 @@ def step(fn, name: str, **options):
         started = time.perf_counter()
         try:
             result = fn(*args, **kwargs)
-        except InputError as exc:
-            raise InputError(f"{name} step: {exc}") from None
+        except (InputError, StorageError) as exc:  # one line for the user, with the step's name
+            raise type(exc)(f"{name} step: {exc}") from None
         except Exception as exc:
             raise StepFailed(f"{name} step failed: {type(exc).__name__}: {exc}") from exc
         if isinstance(result, dict):

@@ -90,3 +90,48 @@ def test_the_fragments_themselves_are_refused_or_kept_one_by_one(tmp_path):
     assert "holds a bidirectional control character" in outcomes["\u202e"]
     for fragment in ("$\\frac{a}{", "<b>", "{{ 7*7 }}", "ｆｕｌｌ", "名前", "😀", "/etc/passwd", "e\u0301"):
         assert outcomes[fragment] == fragment, (fragment, outcomes[fragment])
+
+
+KEPT = [f for f in FRAGMENTS if f not in ("\udce9", "\u202e", "Unnamed: 0", "  ", "\t")]  # (refused: above)
+kept_name = st.tuples(st.lists(st.sampled_from(KEPT), min_size=1, max_size=3),
+                      st.text(alphabet=string.ascii_letters, min_size=1, max_size=4)).map(lambda t: "".join(t[0]) + t[1])
+
+
+@pytest.mark.slow
+@given(names=st.lists(kept_name, min_size=8, max_size=8, unique_by=reading))
+@settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_generated_names_go_through_a_whole_run_to_an_intact_report(prefect_server, tmp_path_factory, names):
+    """The whole flow (training, every technique for tables, fairness by a protected attribute, the PDF) on a CSV
+    whose feature, class, protected attribute and group names are all generated: the run completes, the files
+    keep the names exactly, the PDF prints them, and a name its font cannot draw is spelled out in Limitations."""
+    import pandas as pd
+
+    from tasks.run import layout
+    from tasks.run.formats import read_split
+    from tasks.run.verify import verify_run
+    from tests.conftest import run_report
+
+    features, classes, (attribute, *groups) = names[:3], names[3:5], names[5:]
+    rng = np.random.default_rng(0)
+    labels = np.arange(60) % 2
+    frame = pd.DataFrame({f: rng.normal(size=60) + (labels if i == 0 else 0) for i, f in enumerate(features)})
+    frame[attribute] = [groups[i % 3] for i in range(60)]
+    frame["label"] = [classes[y] for y in labels]
+    work = tmp_path_factory.mktemp("hostile-run")
+    frame.to_csv(work / "data.csv", index=False)
+
+    state, result = run_report(work / "reports", dataset=f"csv:{work / 'data.csv'}", label="label",
+                               protected=[attribute], epochs=2, background=10, explain_rows=4)
+    assert state.is_completed(), state.message
+    run_dir = result["run_dir"]
+    train = read_split(layout.path(run_dir, "train"))
+    assert train.feature_names == features and sorted(train.class_names) == sorted(classes)
+    assert list(train.groups) == [attribute] and set(train.groups[attribute]) == set(groups)
+    text = "".join("".join(page.extract_text() for page in PdfReader(result["pdf"]).pages).replace("\x00", "").split())
+    for name in names:
+        printable = "".join(name.split())
+        if printable.isascii() and printable.isprintable():
+            assert printable in text, name
+        if figures.undrawable(name):  # boxes in the figures: spelled out, so an auditor can read it
+            assert "".join(ascii(name).split()) in text, name
+    assert verify_run(run_dir) == []

@@ -177,7 +177,11 @@ def render_report(run_dir: Path, results: dict, params: dict, environment: dict,
         "checks": [c.to_json() for c in checks],
         "failed_checks": [c.to_json() for c in failed(checks)],
         "check": {c.id: c.to_json() for c in checks},
-        "limitations": model_card_limitations(model_card) + check_limitations(checks),
+        "limitations": (model_card_limitations(model_card) + check_limitations(checks)
+                        + undrawn_names({"class": names, "feature": data.train.feature_names if is_table else [],
+                                         "protected attribute or group":
+                                             [*data.train.groups, *{str(g) for gs in data.train.groups.values()
+                                                                    for g in gs}]})),
         "appendix": {
             "parameters": shown_parameters(params), "environment": environment, "flow_run": flow_run,
             "attachments": {layout.FILES[key]: text for key, text in layout.ATTACHMENTS.items()},
@@ -238,6 +242,23 @@ def model_section(model: RunModel, metrics: pd.DataFrame) -> dict:
                          for name, text in CAPABILITIES.items()],
         "metrics": metrics.to_dict("records"),
     }
+
+
+def undrawn_names(names: dict[str, list[str]]) -> list[str]:
+    """A line per kind of name (class, feature, ...) with characters the report's font cannot draw: figures and
+    text show boxes in their place, so the line gives each such name spelled out in escapes."""
+    family = figures.font()[0]
+    lines = []
+    for kind, kind_names in names.items():
+        bad = sorted({n for n in kind_names if figures.undrawable(n)})
+        if bad:
+            missing = "".join(dict.fromkeys("".join(figures.undrawable(n) for n in bad)))
+            shown = ", ".join(ascii(n) for n in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            lines.append(f"{len(bad)} {kind} name(s) use characters that the report's font ({family}) cannot draw "
+                         f"({', '.join(f'U+{ord(c):04X}' for c in missing[:8])}{', ...' if len(missing) > 8 else ''}):"
+                         f" figures (and text, unless another installed font has them) show boxes in their place. "
+                         f"Spelled out: {shown}.")
+    return lines
 
 
 def model_card_limitations(model_card: dict) -> list[str]:

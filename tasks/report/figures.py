@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import unicodedata
 from pathlib import Path
 
 import matplotlib
@@ -19,6 +21,26 @@ from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 from tasks.run.artifacts import atomic_path  # noqa: E402
 
 DPI = 110
+
+
+@functools.cache
+def font() -> tuple[str, frozenset[int]]:
+    """The family name of the font the figures draw text with (the report's CSS names the same first) and the
+    code points it has glyphs for."""
+    from fontTools.ttLib import TTFont
+    from matplotlib import font_manager
+
+    path = font_manager.findfont(font_manager.FontProperties(family=matplotlib.rcParams["font.family"]))
+    with TTFont(path, lazy=True) as face:
+        return face["name"].getBestFamilyName(), frozenset(face.getBestCmap())
+
+
+def undrawable(text: str) -> str:
+    """The characters of `text` that the figures' font has no glyph for (drawn as boxes), each once, in order.
+    Spaces and invisible characters draw nothing and are not counted."""
+    charset = font()[1]
+    return "".join(dict.fromkeys(ch for ch in text
+                                 if ord(ch) not in charset and unicodedata.category(ch)[0] not in "CZ"))
 
 
 def short_labels(names, width: int) -> list[str]:

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.run import layout
-from tasks.run.errors import InputError
+from tasks.run.errors import InputError, StorageError, storage_problem
 
 
 def read_user_text(path: Path, what: str, max_bytes: int) -> str:
@@ -74,20 +74,29 @@ def current_umask() -> int:
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds. A file system that
+    refuses the write (full, read-only, ...) is a StorageError naming `path`, whichever writer met it."""
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
         yield tmp
         with open(tmp, "rb+") as handle:
             # The umask's mode, not mkstemp's (or a writer's own, safetensors') 0600: colleagues read reports.
             os.fchmod(handle.fileno(), 0o666 & ~current_umask())
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except Exception as exc:  # asked while the partial file still fills the file system
+        problem = storage_problem(path.parent, exc)
+        if problem is None:
+            raise
+        raise StorageError(f"cannot write {path}: {problem}") from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            with contextlib.suppress(OSError):  # a read-only file system keeps it: --resume removes it
+                tmp.unlink(missing_ok=True)
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> Path:

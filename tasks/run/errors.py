@@ -1,6 +1,9 @@
-"""The one exception type that reaches users as a single clear line."""
+"""The exception types that reach users as a single clear line: bad input, and a file system that refused a run's
+files."""
 
+import errno
 import os
+from pathlib import Path
 
 
 def first_line(exc: BaseException, limit: int = 200) -> str:
@@ -25,3 +28,33 @@ def require_utf8(text: str, what: str) -> str:
         raise InputError(f"{what} {os.fsencode(text)!r} is not valid UTF-8 (names and paths reach the report): "
                          "rename it") from None
     return text
+
+
+class StorageError(Exception):
+    """A run's file could not be written: its file system is full, read-only or refuses the name. The command line
+    prints the message alone (naming the file) with how to finish the run once that is mended."""
+
+
+# Errors a file system gives for a write that the writer cannot help (not a bug of the writer's).
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG,
+                            errno.EIO, errno.EFBIG, errno.EMLINK})
+FULL_BELOW_BYTES = 2**20  # free space under this after a failed write: the file system is full
+
+
+def storage_problem(directory: Path, exc: BaseException) -> str | None:
+    """Why the file system holding `directory` refused a write that failed with `exc`, or None when it did not
+    (the writer's own error, re-raised as it is). Writers do not all say: pyarrow's OSError has no errno,
+    safetensors raises its own type, so the file system itself is asked first."""
+    try:
+        fs = os.statvfs(next(p for p in (directory, *directory.parents) if p.exists()))
+    except OSError:
+        fs = None
+    if fs is not None and fs.f_flag & os.ST_RDONLY:
+        return "its file system is read-only"
+    if fs is not None and fs.f_bavail * fs.f_frsize < FULL_BELOW_BYTES:
+        return f"its file system is full ({fs.f_bavail * fs.f_frsize // 1024} KiB free)"
+    if fs is not None and fs.f_files and not fs.f_favail:
+        return "its file system has no free inodes (no room for another file)"
+    if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+        return os.strerror(exc.errno)
+    return None
