@@ -171,18 +171,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _HideClearErrors(logging.Filter):
-    """Keep Prefect's console quiet about InputError and StorageError: the CLI prints them once, as one line. So
-    is Prefect's warning that a full or read-only file system kept it from caching a step's result: the step's
-    own write meets the same refusal, which the CLI prints (the step runs again on --resume)."""
+class _HideWhatTheCliSays(logging.Filter):
+    """Keep Prefect's console quiet about what the CLI prints itself, once, as one line: an InputError, a
+    StorageError, and a run stopped by Ctrl-C or SIGTERM (Prefect's "Crash detected!" and "Finished in state
+    Crashed" for each task and flow). So is its warning that a full or read-only file system kept it from caching
+    a step's result: the step's own write meets the same refusal (and the step runs again on --resume). The
+    records still reach the Prefect API: the UI shows them."""
 
     refusals = tuple(os.strerror(code) for code in STORAGE_ERRNOS)
+    stops = ("aborted by an interrupt signal", "aborted by a termination signal")
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         message = record.getMessage()
         return not (isinstance(exc, (InputError, StorageError)) or "InputError" in message or "StorageError" in message
-                    or "Failed to write result" in message and any(text in message for text in self.refusals))
+                    or "Failed to write result" in message and any(text in message for text in self.refusals)
+                    or any(text in message for text in self.stops))
 
 
 class _HideFontNotice(logging.Filter):
@@ -201,7 +205,7 @@ def _quiet_console(verbose: bool) -> None:
 
     for handler in logging.getLogger().handlers:
         if isinstance(handler, PrefectConsoleHandler):
-            handler.addFilter(_HideClearErrors())
+            handler.addFilter(_HideWhatTheCliSays())
     logging.getLogger("weasyprint").addFilter(_HideFontNotice())
 
 

@@ -111,11 +111,11 @@ def test_generated_names_go_through_a_whole_run_to_an_intact_report(prefect_serv
     from tasks.run.verify import verify_run
     from tests.conftest import run_report
 
-    features, classes, (attribute, *groups) = names[:3], names[3:5], names[5:]
+    features, classes, attribute, groups = names[:3], names[3:5], names[5], names[6:]
     rng = np.random.default_rng(0)
-    labels = np.arange(60) % 2
-    frame = pd.DataFrame({f: rng.normal(size=60) + (labels if i == 0 else 0) for i, f in enumerate(features)})
-    frame[attribute] = [groups[i % 3] for i in range(60)]
+    labels = np.arange(200) % 2  # (40 validation rows: two groups of 20, enough for the fairness section)
+    frame = pd.DataFrame({f: rng.normal(size=200) + (labels if i == 0 else 0) for i, f in enumerate(features)})
+    frame[attribute] = [groups[i // 2 % 2] for i in range(200)]
     frame["label"] = [classes[y] for y in labels]
     work = tmp_path_factory.mktemp("hostile-run")
     frame.to_csv(work / "data.csv", index=False)

@@ -222,3 +222,26 @@ def test_features_cut_to_the_same_label_keep_their_own_bars(tmp_path):
         plt.Axes.barh = original
     assert len(drawn) == 2 and sorted(drawn.values()) == [0.1, 0.3]
     assert all(label.endswith(("dollars", "euros")) for label in drawn)
+
+
+def test_names_the_font_cannot_draw_are_spelled_out_in_limitations():
+    """Names in scripts the figures' font has no glyphs for come out as boxes: Limitations names them in escapes
+    (an auditor can still read them), one line per kind of name; spaces and invisible characters are not boxes."""
+    from fontTools.ttLib import TTFont
+    from matplotlib import font_manager
+
+    from tasks.report import figures
+    from tasks.report.build import undrawn_names
+
+    family, charset = figures.font()
+    assert family == "DejaVu Sans"  # the font the report's CSS names first
+    with TTFont(font_manager.findfont("DejaVu Sans")) as face:  # the font's own table, read here
+        assert 0x6536 not in face.getBestCmap() and 0x0065 in face.getBestCmap()
+    assert figures.undrawable("income 收入\u200b ｆ é 收") == "收入ｆ"
+    lines = undrawn_names({"class": ["yes", "收入"], "feature": ["age", "ｆｅｅ", "收入"], "protected group": ["a"]})
+    assert lines == [
+        "1 class name(s) use characters that the report's font (DejaVu Sans) cannot draw (U+6536, U+5165): figures "
+        "(and text, unless another installed font has them) show boxes in their place. Spelled out: '\\u6536\\u5165'.",
+        "2 feature name(s) use characters that the report's font (DejaVu Sans) cannot draw (U+6536, U+5165, U+FF46, "
+        "U+FF45): figures (and text, unless another installed font has them) show boxes in their place. Spelled out: "
+        "'\\u6536\\u5165', '\\uff46\\uff45\\uff45'."]

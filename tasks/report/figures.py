@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import unicodedata
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -12,6 +13,8 @@ matplotlib.use("Agg")
 # Every text is drawn as it is: class, feature and group names come from the data, and "$...$" in one must
 # neither start mathtext (an invalid formula would crash the report step) nor silently change the label.
 matplotlib.rcParams["text.parse_math"] = False
+# A name the font cannot draw is reported once, in Limitations (`undrawable`), not as a warning per figure.
+warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
