@@ -155,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
         "artifact that changed, went missing or was added since manifest.json was written; exit 1 if any did.",
     )
     verify.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory written by 'accountability run'")
+    verify.add_argument("--seal", action="store_true",
+                        help="also check report.pdf and manifest.json against the SHA-256 their flow run recorded on "
+                        "the Prefect server when it finished (the server at PREFECT_API_URL, or the local one): "
+                        "catches a report whose pages were edited and its manifest rewritten by someone who can "
+                        "write the files but not the server")
 
     serve = commands.add_parser(
         "serve-reports",
@@ -340,12 +345,18 @@ def explain_image_command(args: argparse.Namespace) -> int:
 
 
 def verify_command(args: argparse.Namespace) -> int:
-    from tasks.run.verify import verify_run
+    from tasks.run.verify import seal_differences, verify_run
 
     problems = verify_run(args.run_dir)
+    if args.seal:
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        check_prefect_api()
+        _quiet_console(verbose=False)
+        problems += seal_differences(args.run_dir)
     for problem in problems:
         print(problem)
-    print(f"{args.run_dir}: {'TAMPERED: ' + str(len(problems)) + ' difference(s)' if problems else 'intact'}")
+    sealed = ", sealed" if args.seal else ""
+    print(f"{args.run_dir}: {'TAMPERED: ' + str(len(problems)) + ' difference(s)' if problems else 'intact' + sealed}")
     return 1 if problems else 0
 
 

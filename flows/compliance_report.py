@@ -28,6 +28,7 @@ from tasks.run.config import RunConfig, run_name
 from tasks.run.errors import InputError
 from tasks.run.history import earlier_runs, previous_run
 from tasks.run.progress import RunProgress
+from tasks.run.verify import SEAL_KEY
 from tasks.run.provenance import environment
 from tasks.run.resume import record_run
 from tasks.steps.compare import compare_runs
@@ -211,6 +212,12 @@ def publish_artifacts(run_dir: str, results: dict, report: dict) -> None:
             f"- report: `{pdf['path']}` (SHA-256 `{pdf['sha256']}`)\n"
         ),
         description="Summary of the compliance report run",
+    )
+    create_table_artifact(  # kept by the server, apart from the run directory: `verify --seal` reads it
+        key=SEAL_KEY,
+        table=[{"run": Path(run_dir).name, "file": layout.FILES[key], "sha256": report["files"][key]["sha256"]}
+               for key in ("report", "manifest")],
+        description="SHA-256 of the report and its manifest when the run finished (accountability verify --seal)",
     )
     create_table_artifact(
         key="validation-metrics",

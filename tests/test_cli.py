@@ -147,6 +147,10 @@ def test_two_runs_at_once_into_one_output_directory_both_finish(tmp_path):
         assert stdout.count("\n  failed: ") == n_failed  # the closing lines name each failed check
         for rel, info in manifest["files"].items():
             assert sha256_file(run_dir / rel) == info["sha256"], rel
+    # The seal each run left in the local Prefect database (the one both runs used), read back by the CLI.
+    sealed = subprocess.run([sys.executable, "-m", "flows.cli", "verify", "--seal", str(run_dirs[0])], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert (sealed.returncode, sealed.stdout, sealed.stderr) == (0, f"{run_dirs[0]}: intact, sealed\n", "")
 
 
 @pytest.mark.slow

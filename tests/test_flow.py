@@ -159,7 +159,35 @@ def test_the_server_recorded_the_task_runs_and_the_artifacts(flow_result):
     shards = [t for t in explain_tasks if t.name.startswith("deepshap-shard")]
     assert len(shards) == 1 and len(explain_tasks) == 3  # 8 images, 8 per shard: plan, one shard, merge
     assert "gpu" in shards[0].tags
-    assert {a.key for a in artifacts} >= {"compliance-summary", "validation-metrics", "report-pdf"}
+    assert {a.key for a in artifacts} >= {"compliance-summary", "validation-metrics", "report-pdf", "run-seal"}
+
+
+@pytest.mark.slow
+def test_a_report_edited_and_re_manifested_passes_verify_but_not_its_seal(flow_result, tmp_path):
+    """Someone who can write the run's files edits the PDF's pages (its attachments kept) and rewrites the
+    manifest: the files agree with each other again, and only the seal the flow run left on the server tells."""
+    import shutil
+
+    from pypdf import PdfWriter
+
+    from tasks.run.artifacts import write_manifest
+    from tasks.run.verify import seal_differences, verify_run
+
+    _, result = flow_result
+    run_dir = Path(shutil.copytree(result["run_dir"], tmp_path / Path(result["run_dir"]).name))
+    assert verify_run(run_dir) == [] and seal_differences(run_dir) == []  # a copy of a sealed run is sealed
+    pdf = layout.path(run_dir, "report")
+    writer = PdfWriter(clone_from=pdf)
+    writer.add_metadata({"/Title": "all checks passed"})  # (a page's text edited the same way)
+    with open(pdf, "wb") as handle:
+        writer.write(handle)
+    manifest = json.loads(layout.path(run_dir, "manifest").read_text())
+    write_manifest(run_dir, {k: v for k, v in manifest.items() if k not in ("run_dir", "layout", "files")})
+    assert verify_run(run_dir) == []  # what the files alone can say
+    problems = seal_differences(run_dir)
+    assert sorted(p.split(" (")[0] for p in problems) == ["changed since the run sealed it: manifest.json",
+                                                         "changed since the run sealed it: report.pdf"]
+    assert all(manifest["flow_run"]["id"] in p for p in problems)
 
 
 @pytest.mark.slow

@@ -6,18 +6,26 @@ PDF carries (artifacts.json: every file written before it, with its SHA-256) is 
 directory too: a file changed and re-listed in a rewritten manifest still differs from what the PDF
 recorded. Symbolic links are differences (their target can change later); so is any hidden file but
 Prefect's cached step results (`.prefect-results/`, what --resume reads).
+
+Someone who can write the run directory can still edit the PDF's pages (keeping its attachments) and rewrite the
+manifest to match. The seal closes that: when a run finishes, its flow run records the SHA-256 of report.pdf and
+manifest.json in a Prefect artifact (`run-seal`), kept by the server, apart from the files; `verify --seal`
+checks the directory against it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import uuid
+from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from pypdf import PdfReader
 
 from tasks.run import layout
-from tasks.run.artifacts import build_manifest
+from tasks.run.artifacts import build_manifest, sha256_file
 from tasks.run.errors import InputError
 
 
@@ -29,6 +37,72 @@ def verify_run(run_dir: Path) -> list[str]:
     actual = build_manifest(run_dir)["files"]
     problems += _differences(recorded, actual, "the manifest")
     return problems + _embedded_differences(run_dir, actual)
+
+
+SEAL_KEY = "run-seal"  # the Prefect artifact of a finished run: the SHA-256 of its report and manifest
+
+
+class Seal(NamedTuple):
+    rows: list[dict]  # {"run", "file", "sha256"} for report.pdf and manifest.json
+    changed: datetime | None  # when it was updated through the API after it was made (None: never)
+
+
+def seal_differences(run_dir: Path) -> list[str]:
+    """report.pdf and manifest.json against the seal their flow run left on the Prefect server (the one at
+    PREFECT_API_URL, or the local one); one line per difference, or saying why there is no seal to check."""
+    run_dir = Path(run_dir).expanduser().resolve()
+    _recorded_files(run_dir)  # (a manifest that is one)
+    flow_run = json.loads(layout.path(run_dir, "manifest").read_text()).get("flow_run")
+    flow_run_id = flow_run.get("id") if isinstance(flow_run, dict) else None
+    try:
+        flow_run_id = str(uuid.UUID(str(flow_run_id)))
+    except ValueError:
+        return [f"manifest.json names no flow run ({flow_run_id!r}): the run has no seal to check"]
+    seals = _read_seals(flow_run_id)
+    if not seals:
+        return [f"the Prefect server has no seal for flow run {flow_run_id}, which manifest.json names"]
+    problems = [] if len(seals) == 1 else [f"the Prefect server holds {len(seals)} seals for flow run {flow_run_id}: "
+                                           "a run makes one, the others were added later (the first is checked)"]
+    if seals[0].changed:
+        problems.append(f"the seal of flow run {flow_run_id} was changed through the API on "
+                        f"{seals[0].changed:%Y-%m-%d %H:%M} UTC, after the run made it")
+    for row in seals[0].rows:
+        path = run_dir / str(row.get("file"))
+        if row.get("file") not in (layout.FILES["report"], layout.FILES["manifest"]):
+            problems.append(f"the seal of flow run {flow_run_id} lists {row.get('file')!r}, which a seal never does")
+        elif not path.is_file():
+            problems.append(f"missing: {row['file']} (sealed by flow run {flow_run_id})")
+        elif sha256_file(path) != row.get("sha256"):
+            problems.append(f"changed since the run sealed it: {row['file']} (SHA-256 {sha256_file(path)[:16]}..., "
+                            f"flow run {flow_run_id} sealed {str(row.get('sha256'))[:16]}...)")
+    return problems
+
+
+def _read_seals(flow_run_id: str) -> list[Seal]:
+    """Each `run-seal` artifact of the flow run, oldest first."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    async def query():
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[SEAL_KEY]),
+                                               flow_run_id=ArtifactFilterFlowRunId(any_=[uuid.UUID(flow_run_id)])),
+                sort=ArtifactSort.CREATED_DESC)
+
+    seals = []
+    for artifact in reversed(asyncio.run(query())):
+        try:
+            rows = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+        except ValueError:
+            rows = None
+        changed = (artifact.updated if artifact.updated and artifact.created
+                   and (artifact.updated - artifact.created).total_seconds() > 1 else None)
+        seals.append(Seal([row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else [], changed))
+    return seals
 
 
 def _recorded_files(run_dir: Path) -> dict[str, dict]:
