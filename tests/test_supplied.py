@@ -19,6 +19,7 @@ from tasks.model.formats import detect_format
 from tasks.model.run_model import RunModel, load_run_model
 from tasks.model.supplied import check_conversion, open_model
 from tasks.run import layout
+from tasks.run.artifacts import sha256_file
 from tasks.run.errors import InputError
 from tasks.steps.load import load_data
 from tasks.steps.supplied import capabilities, fit_data_to_model
@@ -359,3 +360,35 @@ def test_an_onnx_model_with_two_score_outputs_is_refused(tmp_path):
                       output_names=["a", "b"])
     with pytest.raises(InputError, match="cannot tell which ONNX output holds the class scores"):
         open_model(path)
+
+
+def test_an_onnx_model_with_its_weights_in_external_data_is_copied_whole_into_the_run(tmp_path):
+    """ONNX keeps the weights of a model saved with external data in files beside it. The run's copy holds them
+    (the SHAP stage, minutes later, opened the copy alone and failed), the model record keeps the SHA-256 of each
+    original file, and the copy computes what the original does."""
+    import onnx
+    import pandas as pd
+
+    from tasks.steps.supplied import supplied_model
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(80, 4)), columns=list("abcd")).assign(label=lambda f: (f.a > 0).astype(int))
+    frame.to_csv(tmp_path / "data.csv", index=False)
+    user = tmp_path / "user"
+    user.mkdir()
+    exported = onnx.load(onnx_export(mlp(4, 2), torch.randn(2, 4), tmp_path / "exported.onnx"))
+    onnx.save_model(exported, str(user / "scorecard.onnx"), save_as_external_data=True, location="scorecard.weights",
+                    size_threshold=0)
+    assert (user / "scorecard.weights").stat().st_size > 4 * (4 * 16 + 16 * 2)  # the weights are out there
+    loaded = load_data(f"csv:{tmp_path / 'data.csv'}", tmp_path / "out", seed=0, val_fraction=0.25, label="label",
+                       model=str(user / "scorecard.onnx"))
+    run_dir = Path(loaded["run_dir"])
+    supplied_model(str(user / "scorecard.onnx"), str(layout.path(run_dir, "train")),
+                   str(layout.path(run_dir, "validation")), str(run_dir), "scores")
+    record = json.loads(layout.path(run_dir, "model").read_text())
+    assert record["original_files"] == {"scorecard.onnx": sha256_file(user / "scorecard.onnx"),
+                                        "scorecard.weights": sha256_file(user / "scorecard.weights")}
+    x = rng.normal(size=(5, 4)).astype(np.float32)
+    expected = open_model(user / "scorecard.onnx").run(x)
+    (user / "scorecard.weights").unlink()  # the copy must not need it
+    np.testing.assert_array_equal(open_model(run_dir / record["file"]).run(x), expected)

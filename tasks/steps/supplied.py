@@ -112,17 +112,46 @@ def _shape(shape: list) -> str:
     return "(batch, " + ", ".join("?" if d is None else str(d) for d in shape) + ")"
 
 
+ONNX_SINGLE_FILE_LIMIT = 2**31 - 2**20  # protobuf's 2 GB limit on one message, with room for the graph
+
+
+def onnx_external_data(path: Path) -> list[Path]:
+    """The files beside an ONNX model that hold its weights (ONNX "external data"), each once. onnx.load has
+    already refused any that point outside the model's folder."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    proto = onnx.load(str(path), load_external_data=False)
+    locations = [ExternalDataInfo(t).location for t in _get_all_tensors(proto) if uses_external_data(t)]
+    return [path.parent / location for location in dict.fromkeys(locations)]
+
+
+def write_self_contained_onnx(model: ModelFile, path: Path) -> None:
+    """The ONNX model (its weights already read from the external data files) as one file at `path`; the later
+    steps open the run's copy alone, and verify hashes it."""
+    proto = model.meta["proto"]
+    if proto.ByteSize() > ONNX_SINGLE_FILE_LIMIT:
+        raise InputError(f"--model {model.path}: its weights and graph come to {proto.ByteSize() / 2**30:.1f} GB, "
+                         "over the 2 GB that one ONNX file can hold; a run copies the model into one file")
+    path.write_bytes(proto.SerializeToString())
+
+
 def supplied_model(model_path: str, train_path: str, validation_path: str, run_dir: str, outputs: str,
                    outputs_declared: bool = False) -> dict:
     """Copy the model into the run, record what it allows, and measure it on all the data."""
     run_dir, source = Path(run_dir), Path(model_path)
     model = open_model(source)
     copy = layout.path(run_dir, MODEL_FILES[model.format])
+    external = onnx_external_data(source) if model.format == "onnx" else []
     with atomic_path(copy) as tmp:
-        shutil.copyfile(source, tmp)
+        if external:  # the run keeps the whole model in its one file: the weights are what the report describes
+            write_self_contained_onnx(model, tmp)
+        else:
+            shutil.copyfile(source, tmp)
     train, val = read_split(train_path), read_split(validation_path)
     record = {"source": "supplied", "format": model.format, "file": layout.FILES[MODEL_FILES[model.format]],
               "original_path": str(source), "sha256": sha256_file(copy), "size_bytes": copy.stat().st_size,
+              "original_files": {path.name: sha256_file(path) for path in [source, *external]},
               "outputs": outputs, "outputs_declared": outputs_declared, "input_shape": list(train.inputs.shape[1:]),
               "n_outputs": len(train.class_names), "producer": model.producer, "input_name": model.input_name,
               "parameters": int(sum(v.size for v in model.parameters.values())), "operations": model.operations}
