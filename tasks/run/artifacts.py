@@ -122,7 +122,7 @@ def new_run_dir(out: Path, dataset_slug: str) -> Path:
         raise InputError(f"--out {out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    slug = "".join(ch if ch.isalnum() else "-" for ch in dataset_slug)[:40].strip("-") or "data"
+    slug = layout.slug(dataset_slug)[:40].strip("-") or "data"
     while True:
         run_dir = out / f"{stamp}-{slug}-{secrets.token_hex(4)}"
         try:

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from tasks.data.specs import parse_dataset_spec
+from tasks.run import layout
 from tasks.run.errors import InputError, require_utf8
 
 SHAP_ENGINES = ("fast", "shap")  # tasks/deepshap/engine.py, or shap.DeepExplainer itself
@@ -94,6 +95,4 @@ def run_name(dataset: str, model: str | Path | None, day: str) -> str:
     parts = [kind if kind == "cifar10" or not arg else Path(arg.rstrip("/")).stem or kind]
     if model:
         parts.append(Path(str(model)).stem)
-    slug = "-".join("".join(ch if ch.isalnum() or ch in "._" else "-" for ch in part).strip("-.") or "data"
-                    for part in parts)
-    return f"{slug[:60]}-{day}"
+    return f"{'-'.join(layout.slug(part, keep='._') or 'data' for part in parts)[:60]}-{day}"

@@ -102,3 +102,9 @@ def shard_rows(shard: Path) -> tuple[int, int]:
     """[start, stop) of a shard file named by `shard_file`."""
     start, stop = (int(n) for n in Path(shard).stem.split("-")[1:])
     return start, stop
+
+
+def slug(text: str, keep: str = "") -> str:
+    """`text` as a name part of a run directory or a flow run: letters and digits (and the characters in `keep`)
+    as they are, anything else a dash; no dash or dot at either end."""
+    return "".join(ch if ch.isalnum() or ch in keep else "-" for ch in text).strip("-.")
