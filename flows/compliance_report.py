@@ -28,9 +28,9 @@ from tasks.run.config import RunConfig, run_name
 from tasks.run.errors import InputError
 from tasks.run.history import earlier_runs, previous_run
 from tasks.run.progress import RunProgress
-from tasks.run.verify import SEAL_KEY
 from tasks.run.provenance import environment
 from tasks.run.resume import record_run
+from tasks.run.verify import SEAL_KEY
 from tasks.steps.compare import compare_runs
 from tasks.steps.load import load_data
 from tasks.steps.model_card import store_model_card

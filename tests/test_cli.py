@@ -82,16 +82,18 @@ def earlier_run(tmp_path):
         (["--out", "{tmp}/" + "a" * 300 + "/reports"], "a directory name is longer than the file system's"),
         (["--out", "{tmp}/r\udce9ports"], "/r\\xe9ports' is not valid UTF-8 (names and paths reach the report)"),
         (["--dataset", "imagefolder:{latin1}"], "class folder b'caf\\xe9' is not valid UTF-8"),
+        (["--dataset", "breast-cancer", "--model", "{tmp}/fifo.onnx"], "fifo.onnx: not a regular file"),
     ],
     ids=["unknown-spec", "missing-dir", "no-cifar", "corrupt-image", "one-class", "explain-too-large",
          "zero-epochs", "negative-background", "two-dask-options", "dask-without-server", "huge-seed", "unknown-user",
-         "name-too-long", "out-not-utf8", "class-not-utf8"],
+         "name-too-long", "out-not-utf8", "class-not-utf8", "model-fifo"],
 )
 def test_bad_input_is_one_clear_line_and_leaves_earlier_runs_alone(tmp_path, earlier_run, args, message):
     corrupt = write_imagefolder(tmp_path / "corrupt", {"a": 3, "b": 3})
     (corrupt / "a" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\ngarbage")
     single = write_imagefolder(tmp_path / "single", {"only": 4})
     latin1 = write_imagefolder(tmp_path / "latin1", {"a": 3, "caf\udce9": 3})  # b"caf\xe9" on disk
+    os.mkfifo(tmp_path / "fifo.onnx")  # reading it would block
     args = [a.format(tmp=tmp_path, corrupt=corrupt, single=single, latin1=latin1) for a in args]
     before = tree_digest(earlier_run)
     result = run_cli("run", "--out", str(earlier_run), *args, cwd=tmp_path)  # (an --out in args comes last: wins)

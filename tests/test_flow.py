@@ -189,6 +189,30 @@ def test_a_report_edited_and_re_manifested_passes_verify_but_not_its_seal(flow_r
                                                          "changed since the run sealed it: report.pdf"]
     assert all(manifest["flow_run"]["id"] in p for p in problems)
 
+    # The manifest pointed at a flow run with no seal; a second seal added through the API for the real one.
+    import uuid
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import ArtifactCreate
+
+    from tasks.run.artifacts import write_json_atomic
+
+    elsewhere = str(uuid.uuid4())
+    write_json_atomic(layout.path(run_dir, "manifest"), {**manifest, "flow_run": {"id": elsewhere}})
+    assert seal_differences(run_dir) == [f"the Prefect server has no seal for flow run {elsewhere}, which "
+                                         "manifest.json names"]
+    forged = [{"run": run_dir.name, "file": f, "sha256": sha256_file(run_dir / f)} for f in ("report.pdf",)]
+
+    async def add_seal():
+        async with get_client() as client:
+            await client.create_artifact(ArtifactCreate(key="run-seal", type="table", data=json.dumps(forged),
+                                                        flow_run_id=manifest["flow_run"]["id"]))
+
+    asyncio.run(add_seal())
+    write_manifest(run_dir, {k: v for k, v in manifest.items() if k not in ("run_dir", "layout", "files")})
+    assert seal_differences(run_dir)[0].startswith(f"the Prefect server holds 2 seals for flow run "
+                                                   f"{manifest['flow_run']['id']}: a run makes one")
+
 
 @pytest.mark.slow
 def test_a_breast_cancer_report_has_every_technique_for_tables(table_flow_result):

@@ -28,7 +28,7 @@ def detect_format(path: Path) -> str:
     """One of FORMATS for the model file at `path`, or InputError naming the file and what it is instead."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"--model {path}: no such file")
+        raise InputError(f"--model {path}: " + ("not a regular file" if path.exists() else "no such file"))
     with path.open("rb") as handle:
         head = handle.read(16)
     size = path.stat().st_size

@@ -66,11 +66,14 @@ def seal_differences(run_dir: Path) -> list[str]:
     if seals[0].changed:
         problems.append(f"the seal of flow run {flow_run_id} was changed through the API on "
                         f"{seals[0].changed:%Y-%m-%d %H:%M} UTC, after the run made it")
+    sealed = {layout.FILES["report"], layout.FILES["manifest"]}
+    if sorted(str(row.get("file")) for row in seals[0].rows) != sorted(sealed):
+        problems.append(f"the seal of flow run {flow_run_id} does not list {' and '.join(sorted(sealed))} once each")
     for row in seals[0].rows:
         path = run_dir / str(row.get("file"))
-        if row.get("file") not in (layout.FILES["report"], layout.FILES["manifest"]):
-            problems.append(f"the seal of flow run {flow_run_id} lists {row.get('file')!r}, which a seal never does")
-        elif not path.is_file():
+        if row.get("file") not in sealed:
+            continue
+        if not path.is_file():
             problems.append(f"missing: {row['file']} (sealed by flow run {flow_run_id})")
         elif sha256_file(path) != row.get("sha256"):
             problems.append(f"changed since the run sealed it: {row['file']} (SHA-256 {sha256_file(path)[:16]}..., "
