@@ -83,10 +83,11 @@ def earlier_run(tmp_path):
         (["--out", "{tmp}/r\udce9ports"], "/r\\xe9ports' is not valid UTF-8 (names and paths reach the report)"),
         (["--dataset", "imagefolder:{latin1}"], "class folder b'caf\\xe9' is not valid UTF-8"),
         (["--dataset", "breast-cancer", "--model", "{tmp}/fifo.onnx"], "fifo.onnx: not a regular file"),
+        (["--out", "{tmp}/" + ("d" * 200 + "/") * 20], "is too long a path: a run's files below it would pass"),
     ],
     ids=["unknown-spec", "missing-dir", "no-cifar", "corrupt-image", "one-class", "explain-too-large",
          "zero-epochs", "negative-background", "two-dask-options", "dask-without-server", "huge-seed", "unknown-user",
-         "name-too-long", "out-not-utf8", "class-not-utf8", "model-fifo"],
+         "name-too-long", "out-not-utf8", "class-not-utf8", "model-fifo", "path-too-long"],
 )
 def test_bad_input_is_one_clear_line_and_leaves_earlier_runs_alone(tmp_path, earlier_run, args, message):
     corrupt = write_imagefolder(tmp_path / "corrupt", {"a": 3, "b": 3})
