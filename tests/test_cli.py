@@ -165,7 +165,7 @@ def test_sigterm_to_the_command_alone_stops_the_run_and_says_how_to_resume(tmp_p
     from tasks.run.resume import resumable_parameters
 
     out = tmp_path / "reports"
-    env = cli_env(tmp_path / "prefect")
+    env = cli_env()  # (the worker's Prefect home: its database is made once, not per test: 18 s)
     command = [sys.executable, "-m", "flows.cli", "run", "--dataset", "breast-cancer", "--epochs", "400",
                "--out", str(out)]
     process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

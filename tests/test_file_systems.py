@@ -142,7 +142,7 @@ def test_a_disk_that_fills_during_a_run_stops_it_in_one_line_and_the_run_resumes
         {cli} run --resume {fs}/reports/*/ > {tmp_path}/resume.out
         {cli} verify {fs}/reports/*/
         cp {fs}/reports/*/manifest.json {tmp_path}/
-    """, cli_env(tmp_path / "prefect"))
+    """)  # (the worker's Prefect home, its database made once)
     first_err = (tmp_path / "first.err").read_text()
     assert (tmp_path / "first.rc").read_text().strip() == "1", first_err
     (run_dir,) = [Path(line.rstrip("/")) for line in (tmp_path / "run_dirs").read_text().split()]
