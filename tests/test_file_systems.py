@@ -40,7 +40,8 @@ def on_tmpfs(mountpoint: Path, options: str, script: str, env: dict | None = Non
 @pytest.mark.parametrize("options, message", [
     ("ro", r"cannot write in {fs} \(permission denied or a read-only file system\)"),
     ("size=8m", r"only 8 MiB free on its file system; a run needs at least 256 MiB"),
-    ("size=512m,nr_inodes=300", r"its file system has room for only 2\d\d more files \(inodes\); a run needs at least 1000"),
+    ("size=512m,nr_inodes=300",
+     r"its file system has room for only 2\d\d more files \(inodes\); a run needs at least 1000"),
 ], ids=["read-only", "full", "no-inodes"])
 def test_a_file_system_that_cannot_take_a_run_is_refused_before_any_work(tmp_path, options, message):
     fs = tmp_path / "fs"

@@ -238,7 +238,8 @@ def test_names_the_font_cannot_draw_are_spelled_out_in_limitations():
     with TTFont(font_manager.findfont("DejaVu Sans")) as face:  # the font's own table, read here
         assert 0x6536 not in face.getBestCmap() and 0x0065 in face.getBestCmap()
     assert figures.undrawable("income 收入\u200b ｆ é 收") == "收入ｆ"
-    lines = undrawn_names({"class": ["yes", "收入"], "feature": ["age", "ｆｅｅ", "收入"], "protected group": ["a"]})
+    lines = undrawn_names({"class": ["yes", "收入"], "feature": ["age", "ｆｅｅ", "收入"],
+                           "protected group": ["a"]})
     assert lines == [
         "1 class name(s) use characters that the report's font (DejaVu Sans) cannot draw (U+6536, U+5165): figures "
         "(and text, unless another installed font has them) show boxes in their place. Spelled out: '\\u6536\\u5165'.",
