@@ -241,9 +241,25 @@ def start_server_early() -> threading.Thread | None:
         return None
     from prefect.server.api.server import SubprocessASGIServer
 
-    thread = threading.Thread(target=SubprocessASGIServer().start, name="prefect-ephemeral-server", daemon=True)
+    thread = threading.Thread(target=_start_one_at_a_time, args=(SubprocessASGIServer(),),
+                              name="prefect-ephemeral-server", daemon=True)
     thread.start()
     return thread
+
+
+def _start_one_at_a_time(server) -> None:
+    """Start Prefect's local server, one process at a time per Prefect home: each server migrates the home's one
+    SQLite database as it starts, and two runs started together on a new home raced there ("index ... already
+    exists", a server traceback on the console). The second waits for the first's server to answer (seconds)."""
+    import fcntl
+
+    from prefect.settings import get_current_settings
+
+    home = Path(get_current_settings().home).expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / ".accountability-server-start.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        server.start()
 
 
 def run_command(args: argparse.Namespace) -> int:
