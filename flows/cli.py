@@ -214,6 +214,16 @@ def _quiet_console(verbose: bool) -> None:
     logging.getLogger("weasyprint").addFilter(_HideFontNotice())
 
 
+def use_prefect(verbose: bool) -> None:
+    """Before a command talks to Prefect: its settings for this process, a server at PREFECT_API_URL that
+    answers, and a console that shows the product's lines."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # A busy 2-core machine (two runs at once) can take longer than Prefect's 20 s to start its local server.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    check_prefect_api()
+    _quiet_console(verbose)
+
+
 def check_prefect_api() -> None:
     """When PREFECT_API_URL names a server, make sure it answers before any work starts."""
     url = os.environ.get("PREFECT_API_URL")
@@ -277,11 +287,7 @@ def run_command(args: argparse.Namespace) -> int:
                            seed=args.seed, out=args.out, shap_engine=args.shap_engine, shard_size=args.shard_size,
                            protected=args.protected or (), metadata=args.metadata, keep_protected=args.keep_protected,
                            positive_class=args.positive_class, challenger=args.challenger)
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # A busy 2-core machine (two runs at once) can take longer than Prefect's 20 s to start its local server.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    check_prefect_api()
-    _quiet_console(args.verbose)
+    use_prefect(args.verbose)
     from flows.preflight import preflight
 
     dask = {"dask_address": args.dask_address, "dask_workers": args.dask_workers or 0}
@@ -365,9 +371,7 @@ def verify_command(args: argparse.Namespace) -> int:
 
     problems = verify_run(args.run_dir)
     if args.seal:
-        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-        check_prefect_api()
-        _quiet_console(verbose=False)
+        use_prefect(verbose=False)
         problems += seal_differences(args.run_dir)
     for problem in problems:
         print(problem)

@@ -41,9 +41,8 @@ def validate_dataset(dataset: Dataset) -> None:
     if invisible:
         raise InputError(f"dataset {dataset.name}: class names {invisible[:5]} have no visible character; "
                          "a report could not show them")
-    group_values = sorted({str(v) for values in dataset.groups.values() for v in values})
     for kind, names in (("class", dataset.class_names), ("feature", dataset.feature_names),
-                        ("protected group", [*dataset.groups, *group_values])):
+                        ("protected group", group_names(dataset.groups))):
         if reordering := [name for name in names if BIDI_CONTROLS.intersection(name)]:
             raise InputError(f"dataset {dataset.name}: {kind} name {reordering[0]!r} holds a bidirectional control "
                              "character, which reorders the text around it in the report; remove it")
@@ -69,6 +68,11 @@ def validate_dataset(dataset: Dataset) -> None:
             f"dataset {dataset.name}: classes {sparse[:5]}{more} have fewer than 2 rows, "
             "too few to split into training and validation"
         )
+
+
+def group_names(groups: dict[str, list]) -> list[str]:
+    """The protected attributes' names, then their groups' (each once): the names the report shows of them."""
+    return [*groups, *sorted({str(v) for values in groups.values() for v in values})]
 
 
 # Embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069): in a name they would reorder the report's

@@ -142,8 +142,15 @@ def _open_onnx(path: Path) -> ModelFile:
     import onnx
     import onnxruntime
 
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
     try:
-        proto = onnx.load(str(path))
+        proto = onnx.load(str(path), load_external_data=False)
+        # The files beside the model that hold its weights ("external data"), each once: read before loading
+        # them, which refuses any outside the model's folder and clears their locations.
+        external = list(dict.fromkeys(ExternalDataInfo(t).location for t in _get_all_tensors(proto)
+                                      if uses_external_data(t)))
+        onnx.load_external_data_for_model(proto, str(path.parent))
         onnx.checker.check_model(proto)
     except Exception as exc:  # noqa: BLE001 - protobuf and checker errors have many types
         raise InputError(f"--model {path}: not a valid ONNX model ({first_line(exc)})") from None
@@ -172,7 +179,7 @@ def _open_onnx(path: Path) -> ModelFile:
                       session=session, output_name=output_name, channels_last=channels_last,
                       column_inputs=[i.name for i in inputs] if columns else None,
                       static_batch=dims[0] if dims else None)
-    model.meta["proto"] = proto
+    model.meta.update(proto=proto, external_data=[path.parent / location for location in external])
     return model
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tasks.data.dataset import group_names
 from tasks.deepshap.stage import shard_workers
 from tasks.model.run_model import CAPABILITIES, RunModel, load_run_model
 from tasks.report import figures
@@ -179,9 +180,7 @@ def render_report(run_dir: Path, results: dict, params: dict, environment: dict,
         "check": {c.id: c.to_json() for c in checks},
         "limitations": (model_card_limitations(model_card) + check_limitations(checks)
                         + undrawn_names({"class": names, "feature": data.train.feature_names if is_table else [],
-                                         "protected attribute or group":
-                                             [*data.train.groups, *{str(g) for gs in data.train.groups.values()
-                                                                    for g in gs}]})),
+                                         "protected attribute or group": group_names(data.train.groups)})),
         "appendix": {
             "parameters": shown_parameters(params), "environment": environment, "flow_run": flow_run,
             "attachments": {layout.FILES[key]: text for key, text in layout.ATTACHMENTS.items()},
@@ -250,9 +249,10 @@ def undrawn_names(names: dict[str, list[str]]) -> list[str]:
     family = figures.font()[0]
     lines = []
     for kind, kind_names in names.items():
-        bad = sorted({n for n in kind_names if figures.undrawable(n)})
+        undrawn = {n: chars for n in kind_names if (chars := figures.undrawable(n))}
+        bad = sorted(undrawn)
         if bad:
-            missing = "".join(dict.fromkeys("".join(figures.undrawable(n) for n in bad)))
+            missing = "".join(dict.fromkeys("".join(undrawn[n] for n in bad)))
             shown = ", ".join(ascii(n) for n in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
             lines.append(f"{len(bad)} {kind} name(s) use characters that the report's font ({family}) cannot draw "
                          f"({', '.join(f'U+{ord(c):04X}' for c in missing[:8])}{', ...' if len(missing) > 8 else ''}):"

@@ -75,8 +75,8 @@ def seal_differences(run_dir: Path) -> list[str]:
             continue
         if not path.is_file():
             problems.append(f"missing: {row['file']} (sealed by flow run {flow_run_id})")
-        elif sha256_file(path) != row.get("sha256"):
-            problems.append(f"changed since the run sealed it: {row['file']} (SHA-256 {sha256_file(path)[:16]}..., "
+        elif (actual := sha256_file(path)) != row.get("sha256"):
+            problems.append(f"changed since the run sealed it: {row['file']} (SHA-256 {actual[:16]}..., "
                             f"flow run {flow_run_id} sealed {str(row.get('sha256'))[:16]}...)")
     return problems
 

@@ -115,17 +115,6 @@ def _shape(shape: list) -> str:
 ONNX_SINGLE_FILE_LIMIT = 2**31 - 2**20  # protobuf's 2 GB limit on one message, with room for the graph
 
 
-def onnx_external_data(path: Path) -> list[Path]:
-    """The files beside an ONNX model that hold its weights (ONNX "external data"), each once. onnx.load has
-    already refused any that point outside the model's folder."""
-    import onnx
-    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
-
-    proto = onnx.load(str(path), load_external_data=False)
-    locations = [ExternalDataInfo(t).location for t in _get_all_tensors(proto) if uses_external_data(t)]
-    return [path.parent / location for location in dict.fromkeys(locations)]
-
-
 def write_self_contained_onnx(model: ModelFile, path: Path) -> None:
     """The ONNX model (its weights already read from the external data files) as one file at `path`; the later
     steps open the run's copy alone, and verify hashes it."""
@@ -142,7 +131,7 @@ def supplied_model(model_path: str, train_path: str, validation_path: str, run_d
     run_dir, source = Path(run_dir), Path(model_path)
     model = open_model(source)
     copy = layout.path(run_dir, MODEL_FILES[model.format])
-    external = onnx_external_data(source) if model.format == "onnx" else []
+    external = model.meta.get("external_data", [])  # ONNX weights in files beside the model
     with atomic_path(copy) as tmp:
         if external:  # the run keeps the whole model in its one file: the weights are what the report describes
             write_self_contained_onnx(model, tmp)
