@@ -1,9 +1,10 @@
 """Open a model file of any accepted format (tasks/model/formats.py) as one `ModelFile`: how to run it,
 what it says about itself, and the torch graph the gradient methods and DeepSHAP use where one exists.
 
-Nothing is unpickled: torch.export archives (`torch.export.load`: JSON graph, raw weights),
-TorchScript (`torch.jit.load`, TorchScript's own restricted reader), ONNX (protobuf, run by
-onnxruntime) and safetensors hold no Python objects.
+Nothing is unpickled: torch.export archives (JSON graph, raw weights; every record torch might unpickle is
+checked with its weights_only loader first, tasks/model/safe_archive.py), TorchScript (TorchScript's own
+restricted reader, its pickles checked first), ONNX (protobuf, run by onnxruntime) and safetensors hold no
+Python objects. Each file is read once: the bytes checked are the bytes loaded.
 
 An ONNX file runs on onnxruntime (the model as deployed). Its torch graph, for gradients and
 DeepSHAP, is onnx2torch's conversion, and only where the converted graph gives onnxruntime's outputs
@@ -13,7 +14,7 @@ on the evaluation data within CONVERSION_TOLERANCE (`check_conversion`).
 from __future__ import annotations
 
 import collections
-import threading
+import io
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from tasks.model.formats import detect_format
+from tasks.model.safe_archive import load_export, load_torchscript
 from tasks.run.errors import InputError, first_line
 
 CONVERSION_TOLERANCE = 1e-5  # largest |onnx2torch - onnxruntime| output difference accepted
@@ -100,12 +102,9 @@ def open_model(path: Path, fmt: str | None = None) -> ModelFile:
         raise InputError(f"--model {path}: cannot load this {fmt} file: {first_line(exc)}") from None
 
 
-_EXPORT_LOAD_LOCK = threading.Lock()  # torch.export.load keeps a global deserializer: one load at a time
-
-
 def _open_export(path: Path) -> ModelFile:
-    with _EXPORT_LOAD_LOCK:  # the SHAP shards of a run open the model in parallel threads
-        program = torch.export.load(str(path))
+    data = path.read_bytes()
+    program = load_export(data, path)
     signature = program.graph_signature
     users = [spec for spec in signature.input_specs if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT]
     if len(users) != 1 or len(signature.user_outputs) != 1:
@@ -114,7 +113,7 @@ def _open_export(path: Path) -> ModelFile:
     value = next(n for n in program.graph.nodes if n.name == users[0].arg.name).meta.get("val")
     shape = [int(d) if isinstance(d, int) else None for d in value.shape] if value is not None else [None]
     state = {**program.state_dict, **{k: v for k, v in program.constants.items() if isinstance(v, torch.Tensor)}}
-    with zipfile.ZipFile(path) as archive:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
         versions = {name.split("/", 1)[1]: archive.read(name).decode(errors="replace").strip()
                     for name in archive.namelist() if name.endswith(("archive_format", "archive_version"))}
     operations = collections.Counter(str(n.target).removesuffix(".default")
@@ -127,8 +126,9 @@ def _open_export(path: Path) -> ModelFile:
 
 
 def _open_torchscript(path: Path) -> ModelFile:
-    module = torch.jit.load(str(path), map_location="cpu").eval()
-    with zipfile.ZipFile(path) as archive:
+    data = path.read_bytes()
+    module = load_torchscript(data, path)
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
         version = next((archive.read(n).decode().strip() for n in archive.namelist() if n.endswith("/version")), "?")
     operations = collections.Counter(node.kind() for node in module.inlined_graph.nodes()
                                      if node.kind().startswith("aten::"))
