@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tasks.run.checks import MODERATE, SEVERITIES
 from tasks.steps.model_card import NOT_PROVIDED, OWNER_ITEMS
 from tasks.techniques import registry
 
@@ -74,13 +75,15 @@ def traces(modality: str | None = None) -> list[Trace]:
 
 def traceability(checks: list[dict], skipped: dict[str, str], card_fields: list[dict], modality: str) -> dict:
     """The appendix: per section its checks (with this run's verdict) and clauses; the owner's items."""
-    verdicts = {c["id"]: ("passed" if c["passed"] else "failed") for c in checks}
+    verdicts = {c["id"]: c["status"] for c in checks}
+    severities = {**SEVERITIES, **{c["id"]: c["severity"] for c in checks}}
     titles = {t.title: t.name for t in registry.TECHNIQUES}
     rows = []
     for trace in traces(modality):
         status = skipped.get(titles.get(trace.section, ""))
         rows.append({"section": trace.section, "clauses": trace.clauses, "not_run": status,
-                     "checks": [{"id": c, "verdict": verdicts.get(c, "not measured")} for c in trace.checks]})
+                     "checks": [{"id": c, "verdict": verdicts.get(c, "not measured"),
+                                 "severity": severities.get(c, MODERATE)} for c in trace.checks]})
     values = {f["key"]: f for f in card_fields}
     owner = [{"item": values[key]["heading"], "clauses": OWNER_CLAUSES[key],
               "value": TO_BE_PROVIDED if values[key]["value"] == NOT_PROVIDED else values[key]["value"]}

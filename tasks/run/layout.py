@@ -38,6 +38,8 @@ FILES = {  # key -> path relative to the run directory
     "permutation_importance": "analysis/permutation_importance.parquet",
     "partial_dependence": "analysis/partial_dependence.parquet",
     "slices": "analysis/slices.parquet",
+    "floors": "analysis/floors.parquet",  # per class: rows, recall and its bound, the share of predictions
+    "findings": "analysis/findings.parquet",  # the findings register: every failed or unassessable check, graded
     "agreement": "analysis/agreement.parquet",
     # What validators check beyond explanations
     "calibration": "analysis/calibration.parquet",

@@ -22,6 +22,7 @@ from tasks.techniques.calibration import calibration_section, check_calibration
 from tasks.techniques.challenger import challenger_section, compare_with_challenger
 from tasks.techniques.fairness import assess_fairness, fairness_section
 from tasks.techniques.faithfulness import check_faithfulness, faithfulness_section
+from tasks.techniques.floors import check_floors, floors_section
 from tasks.techniques.gradients import gradient_attributions, gradient_section
 from tasks.techniques.kernel_shap import explain_kernel_shap, kernel_shap_section
 from tasks.techniques.lime_surrogates import explain_lime, lime_section
@@ -76,6 +77,10 @@ TECHNIQUES: tuple[Technique, ...] = (
               "design", reads=("model",), writes=("weight_statistics",),
               clauses={US: "conceptual soundness: design and construction",
                        EU: "Annex IV 2(b)-(c) design and architecture", UK: "principle 3 (model development)"}),
+    Technique("floors", "Performance floors", check_floors, floors_section, "floors.html.j2", "performance",
+              reads=("model", "train", "validation", "card_record"), writes=("floors",),
+              checks=("performance.no_information", "performance.class_recall", "performance.degenerate",
+                      "performance.flat_probabilities", "model.untrained"), clauses=MEASURES_OUTCOMES),
     Technique("slices", "Sliced analysis", analyse_slices, slices_section, "slices.html.j2", "performance",
               reads=("model", "validation", "permutation_importance"), writes=("slices",), checks=("slices.weak",),
               clauses={**MEASURES_OUTCOMES, US: "outcomes analysis by segment",
