@@ -11,9 +11,9 @@ $(BIN)/accountability: pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
-## Run the default compliance report (built-in digits data, local ephemeral Prefect).
+## Run the default compliance report (built-in digits data and the demo's model card, local ephemeral Prefect).
 report: $(BIN)/accountability
-	$(BIN)/accountability run
+	$(BIN)/accountability run --model-card deploy/digits-model-card.yaml
 
 ## Run the test suite: two pytest workers (one test file each at a time), then the stack tests after the rest
 ## (the SQLite and the PostgreSQL stack side by side, on ports of their own).

@@ -315,10 +315,10 @@ def run_command(args: argparse.Namespace) -> int:
         raise Stopped(None, config.resume or _unfinished_run(config.out, started)) from None
     except StorageError as exc:  # a step's file was refused (disk full, read-only): what is written is kept
         raise Stopped(exc, config.resume or _unfinished_run(config.out, started)) from None
+    print(f"verdict: {result['verdict']}")
     print(f"validation accuracy: {result['validation_accuracy']:.3f}; "
           f"largest SHAP additivity error: {result['max_additivity_error']:.2e}")
-    print(f"checks: {result['checks_failed']} of {result['n_checks']} failed; "
-          f"{result['limitations']} limitation(s) listed in section 5")
+    print(f"checks: {result['checks_failed']} of {result['n_checks']} failed (the findings register is section 5)")
     for name in result["failed"]:
         print(f"  failed: {name}")
     print(f"run directory: {result['run_dir']}")

@@ -157,9 +157,9 @@ def compliance_report(
               "validation_accuracy": model_result(results)["final_validation"]["accuracy"],
               "max_additivity_error": results["deepshap"]["max_additivity_error"],
               "checks_failed": report["checks_failed"], "n_checks": report["n_checks"], "failed": report["failed"],
-              "limitations": report["limitations"], "results": results}
-    progress.done("done, with findings" if report["failed"] else "done")
-    return with_findings(result) if report["failed"] else result
+              "limitations": report["limitations"], "verdict": report["verdict"]["verdict"], "results": results}
+    progress.done(f"done: {report['verdict']['verdict']}")
+    return with_findings(result) if report["failed"] else Completed(message=result["verdict"], data=result)
 
 
 def with_findings(result: dict) -> State:
@@ -169,8 +169,8 @@ def with_findings(result: dict) -> State:
 
     with get_client(sync_client=True) as client:  # (the run's own tags are in its context: no read)
         client.update_flow_run(flow_run.get_id(), tags=sorted({*flow_run.tags, FINDINGS_TAG}))
-    message = (f"{result['checks_failed']} of {result['n_checks']} checks failed: {'; '.join(result['failed'])}. "
-               f"{result['limitations']} limitation(s) listed in section 5")
+    message = (f"{result['verdict']}. {result['checks_failed']} of {result['n_checks']} checks failed: "
+               f"{'; '.join(result['failed'])}. The findings register is in section 5")
     return Completed(name=FINDINGS_STATE, message=message, data=result)
 
 
@@ -200,15 +200,19 @@ def publish_artifacts(run_dir: str, results: dict, report: dict) -> None:
     final, shap = model_result(results)["final_validation"], results["deepshap"]
     pdf = report["files"]["report"]
     failed = "".join(f"\n  - {name}" for name in report["failed"])
+    verdict = report["verdict"]
     create_markdown_artifact(
         key="compliance-summary",
         markdown=(
-            f"# Compliance report\n\n- run directory: `{run_dir}`\n"
+            f"# {verdict['verdict']}\n\n"
+            f"Findings: {verdict['counts']['material']} material, {verdict['counts']['moderate']} moderate, "
+            f"{verdict['counts']['minor']} minor; {verdict['counts']['not assessable']} check(s) not assessable.\n\n"
+            f"- run directory: `{run_dir}`\n"
             f"- validation accuracy: **{final['accuracy']:.3f}** (macro F1 {final['f1_macro']:.3f})\n"
             f"- SHAP engine: {shap['engine']} on {shap['device']}; "
             f"largest additivity error {shap['max_additivity_error']:.2e}\n"
             f"- checks: **{report['checks_failed']} of {report['n_checks']} failed**{failed}\n"
-            f"- limitations listed in section 5: {report['limitations']}\n"
+            f"- findings register: section 5 of the report, `analysis/findings.parquet`\n"
             f"- report: `{pdf['path']}` (SHA-256 `{pdf['sha256']}`)\n"
         ),
         description="Summary of the compliance report run",
@@ -218,6 +222,11 @@ def publish_artifacts(run_dir: str, results: dict, report: dict) -> None:
         table=[{"run": Path(run_dir).name, "file": layout.FILES[key], "sha256": report["files"][key]["sha256"]}
                for key in ("report", "manifest")],
         description="SHA-256 of the report and its manifest when the run finished (accountability verify --seal)",
+    )
+    create_table_artifact(
+        key="findings-register",
+        table=report["findings"] or [{"id": "", "check": "", "severity": "", "status": "no findings", "meaning": ""}],
+        description=f"Verdict: {verdict['verdict']}. Every check that failed or could not be assessed",
     )
     create_table_artifact(
         key="validation-metrics",

@@ -19,6 +19,7 @@ from tasks.data.dataset import group_names
 from tasks.deepshap.stage import shard_workers
 from tasks.model.run_model import CAPABILITIES, RunModel, load_run_model
 from tasks.report import figures
+from tasks.report.findings import findings_register
 from tasks.report.narrative import (describe_mistake, describe_table_mistake, feature_summary, model_description,
                                     reason_codes)
 from tasks.report.render import RunFilesFetcher, render_pdf
@@ -27,10 +28,10 @@ from tasks.report.traceability import traceability
 from tasks.report.validator_figures import outcomes_over_time
 from tasks.run import layout
 from tasks.run.artifacts import build_manifest, write_json_atomic, write_manifest
-from tasks.run.checks import Check, failed
-from tasks.run.checks import limitations as check_limitations
+from tasks.run.checks import Check, failed, graded
 from tasks.run.formats import file_ref, read_shap_values, read_split, write_frame
 from tasks.run.history import key_metrics
+from tasks.run.verdict import derive
 from tasks.steps.model_card import store_model_card
 from tasks.techniques import registry
 from tasks.techniques.positive import run_positive_index
@@ -39,9 +40,12 @@ MAX_SAMPLE_IMAGES = 8
 
 
 def run_checks(results: dict) -> list[Check]:
-    """Every check the run's steps made, in the order the report shows the steps."""
-    order = ["deepshap", *(t.name for t in registry.TECHNIQUES), "compare"]
-    return [Check.from_json(c) for name in order if name in results for c in results[name].get("checks", [])]
+    """Every check the run's steps made, in the order the report shows the steps, graded with the model card's
+    severities where it sets them."""
+    order = ["model-card", "deepshap", *(t.name for t in registry.TECHNIQUES), "compare"]
+    checks = [Check.from_json(c) for name in order if name in results
+              for c in (results[name] or {}).get("checks", [])]
+    return graded(checks, (results.get("model-card") or {}).get("severities") or {})
 
 
 def case_studies(data: ReportData, expected: list[float]) -> list[dict]:
@@ -54,7 +58,7 @@ def case_studies(data: ReportData, expected: list[float]) -> list[dict]:
         probs = np.asarray(row.probabilities)
         values = data.values[row.position]
         path = data.figure(f"shap_{row.position:04d}.png")
-        shown = row.predicted if data.positive is None else data.positive  # binary: always the positive class
+        shown = row.predicted  # the reasons for the decision taken, binary models included
         if is_table:
             title = f"{row.source_id}: SHAP values for '{names[shown]}' ({probs[shown]:.2f})"
             figures.feature_bars(values[shown], val.feature_names, title, path)
@@ -114,8 +118,12 @@ def render_report(run_dir: Path, results: dict, params: dict, environment: dict,
         labels = data.validation.labels
         val_pred = pd.read_parquet(layout.path(run_dir, "predictions"))["predicted"].to_numpy()  # validation order
     errors = data.explained["additivity_error"].to_numpy()
-    checks = run_checks(results)
+    model_card = results.get("model-card") or store_model_card(None, run_dir)
+    checks = run_checks({**results, "model-card": model_card})
     additivity = next(c for c in checks if c.id == "deepshap.additivity")
+    verdict = derive(checks, model_card.get("intended_use_declared", False))
+    register = findings_register(checks, {**results, "model-card": model_card}, run_dir)
+    write_frame(layout.path(run_dir, "findings"), register)
 
     samples = None if is_table else figures.sample_grid(data.train.inputs, data.train.labels, names,
                                                         data.figure("samples.png"), MAX_SAMPLE_IMAGES)
@@ -123,14 +131,14 @@ def render_report(run_dir: Path, results: dict, params: dict, environment: dict,
     measured = "all" if supplied else "validation"
     last_val = per_class[(per_class["split"] == measured) & (per_class["epoch"] == per_class["epoch"].max())]
     final = train["final_validation"]
-    model_card = results.get("model-card") or store_model_card(None, run_dir)
     cases = case_studies(data, expected)
     context = {
         "title": {"model": (f"{model.record['format']} model {Path(model.record['original_path']).name}"
                             if supplied else model_description(model.file.meta["config"])),
                   "dataset": load["dataset"], "run_id": run_dir.name,
                   "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                  "flow_run_id": flow_run.get("id") or "not run under Prefect"},
+                  "flow_run_id": flow_run.get("id") or "not run under Prefect",
+                  **population_of(results.get("floors"), supplied, int(sum(load["class_counts"]["validation"])))},
         "summary": {
             "accuracy": final["accuracy"], "f1_macro": final["f1_macro"], "n_classes": len(names),
             "n_train": int(sum(load["class_counts"]["train"])),
@@ -139,7 +147,8 @@ def render_report(run_dir: Path, results: dict, params: dict, environment: dict,
             "n_rows": int(sum(load["class_counts"]["train"]) + sum(load["class_counts"]["validation"])),
             "n_misclassified": sum(not c["correct"] for c in cases),
             "engine": shap["engine"], "device": shap["device"], "background": params["background"],
-            "weakest_class": last_val.sort_values("f1").iloc[0]["class_name"],
+            "weakest_class": (last_val.sort_values("f1").iloc[0]["class_name"]
+                              if last_val["f1"].min() < last_val["f1"].max() else None),  # none when all alike
         },
         "data": {
             "classes": [{"name": n, "train": t, "validation": v} for n, t, v in
@@ -175,10 +184,12 @@ def render_report(run_dir: Path, results: dict, params: dict, environment: dict,
             "histogram": data.rel(figures.additivity_histogram(errors, additivity.threshold,
                                                                data.figure("additivity.png"))),
         },
+        "verdict": verdict.to_json(),
+        "findings": register.to_dict("records"),
         "checks": [c.to_json() for c in checks],
         "failed_checks": [c.to_json() for c in failed(checks)],
         "check": {c.id: c.to_json() for c in checks},
-        "limitations": (model_card_limitations(model_card) + check_limitations(checks)
+        "limitations": (model_card_limitations(model_card)  # the checks' findings are in the register
                         + undrawn_names({"class": names, "feature": data.train.feature_names if is_table else [],
                                          "protected attribute or group": group_names(data.train.groups)})),
         "appendix": {
@@ -188,6 +199,9 @@ def render_report(run_dir: Path, results: dict, params: dict, environment: dict,
         },
         "class_names": names,
         "modality": data.modality,
+        "shap_method": "Kernel SHAP" if shap["engine"] == "kernel" else "DeepSHAP",
+        "shap_values_are": ("Kernel SHAP estimates (the SHAP stage's model-agnostic fallback: the model has no exact "
+                            "DeepSHAP graph)" if shap["engine"] == "kernel" else "exact DeepSHAP values"),
     }
     skipped = {name: result["skipped"] for name, result in results.items()
                if isinstance(result, dict) and "skipped" in result}
@@ -204,9 +218,18 @@ def render_report(run_dir: Path, results: dict, params: dict, environment: dict,
     extra["step_seconds"] = {**extra["step_seconds"], "report": round(time.perf_counter() - started, 3)}
     manifest = write_manifest(run_dir, {**extra, "environment": environment})
     return {"files": {"report": file_ref(pdf), "manifest": file_ref(manifest)},
-            "checks_failed": len(context["failed_checks"]), "n_checks": len(checks),
+            "checks_failed": len(context["failed_checks"]), "n_checks": len(checks), "verdict": verdict.to_json(),
+            "findings": register[["id", "check", "severity", "status", "meaning"]].to_dict("records"),
             "failed": [f"{c['method']}: {c['property']}" for c in context["failed_checks"]],
             "limitations": len(context["limitations"])}
+
+
+def population_of(floors: dict | None, supplied: bool, n_validation: int) -> dict:
+    """The evaluation population and its lineage, as page 1 states them (from the performance floors' step)."""
+    if floors and "population" in floors:
+        return {"population": floors["population"], "lineage": floors["lineage"]}
+    return {"population": "every evaluation row" if supplied else f"the validation split ({n_validation} rows)",
+            "lineage": "unknown" if supplied else "independent: a held-out split made by this run"}
 
 
 def outcomes_section(data: ReportData, history: list[str], final: dict, checks: list[Check]) -> dict | None:

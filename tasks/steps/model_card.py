@@ -22,6 +22,7 @@ import yaml
 
 from tasks.run import layout
 from tasks.run.artifacts import read_user_text, sha256_file, write_bytes_atomic, write_json_atomic
+from tasks.run.checks import SEVERITIES, Check
 from tasks.run.errors import InputError
 
 FIELDS = {  # key in the YAML file -> heading in the report
@@ -121,8 +122,6 @@ def _thresholds(given, path: Path) -> dict[str, float]:
 
 
 def _severities(given, path: Path) -> dict[str, str]:
-    from tasks.run.checks import SEVERITIES
-
     if not isinstance(given, dict):
         raise InputError(f"model card {path}: severities must be a mapping of check id to material, moderate or minor")
     unknown = sorted(str(k) for k in given if k not in SEVERITIES)
@@ -197,7 +196,17 @@ def store_model_card(path: Path | None, run_dir: Path) -> dict:
               "fields": [{"key": key, "heading": heading, "value": fields.get(key, NOT_PROVIDED),
                           "missing": key not in fields} for key, heading in FIELDS.items()]}
     written = write_json_atomic(layout.path(run_dir, "card_record"), record)
-    return {**record, "files": {"card_record": {"path": str(written), "sha256": sha256_file(written)}}}
+    return {**record, "files": {"card_record": {"path": str(written), "sha256": sha256_file(written)}},
+            "checks": [monitoring_plan_check("post_market_monitoring" in fields).to_json()]}
+
+
+def monitoring_plan_check(stated: bool) -> Check:
+    """governance.monitoring_plan: the card states how the model is watched once in use (SR 26-2 ongoing
+    monitoring; EU AI Act Art. 72)."""
+    return Check("governance.monitoring_plan", "Model card", "monitoring plan stated (post_market_monitoring)",
+                 1.0 if stated else 0.0, 1.0, "at least", "1. Purpose and use",
+                 "No monitoring plan: the model card does not say what is watched once the model is in use, against "
+                 "which thresholds and how often (post_market_monitoring).", unit="count")
 
 
 def threshold(card_record: str | Path, check_id: str) -> float:

@@ -35,9 +35,10 @@ THRESHOLD = 0.3  # Spearman below this: the two methods disagree on that row
 
 
 def rank_agreement(a: np.ndarray, b: np.ndarray, top_k: int = TOP_K) -> tuple[float, float]:
-    """Spearman correlation of |a| and |b|, and the share of their top-k groups in common."""
+    """Spearman correlation of |a| and |b| (NaN, undefined, when either is constant: no ranking to compare), and
+    the share of their top-k groups in common."""
     a, b = np.abs(a), np.abs(b)
-    rho = spearmanr(a, b).statistic if a.std() > 0 and b.std() > 0 else 0.0
+    rho = spearmanr(a, b).statistic if a.std() > 0 and b.std() > 0 else float("nan")
     k = min(top_k, len(a))
     overlap = len(set(np.argsort(-a)[:k]) & set(np.argsort(-b)[:k])) / k
     return float(rho), overlap
@@ -55,13 +56,13 @@ def agreement_table(attributions: dict[str, dict[int, np.ndarray]], global_impor
         for a, b in itertools.combinations(vectors, 2):
             rho, overlap = rank_agreement(vectors[a], vectors[b])
             rows.append({"position": position, "source_id": source_ids[position], "method_a": a, "method_b": b,
-                         "spearman": rho, "top_overlap": overlap, "flagged": bool(rho < THRESHOLD)})
+                         "spearman": rho, "top_overlap": overlap, "flagged": bool(np.isfinite(rho) and rho < THRESHOLD)})
     return pd.DataFrame(rows)
 
 
 def flagged_rows(table: pd.DataFrame) -> list[int]:
-    """Positions of the rows whose median pairwise Spearman is below THRESHOLD."""
-    medians = table.groupby("position")["spearman"].median()
+    """Positions of the rows whose median pairwise Spearman (over the defined ones) is below THRESHOLD."""
+    medians = table.groupby("position")["spearman"].median()  # NaN (undefined) left out; a row of NaN stays NaN
     return [int(p) for p in medians.index[medians < THRESHOLD]]
 
 
@@ -87,12 +88,12 @@ def measure_agreement(run_dir: str, files: dict[str, str], seed: int) -> dict:
                             for p, v in zip(lime_rows["position"], lime_rows["values"])}
     frame, kernel_values, _ = read_kernel_shap(files["kernel_shap"])
     players = None if modality == "table" else image_regions(tuple(shape), KERNEL_GRID)
-    attributions["Kernel SHAP"] = {}
+    kernel = attributions.setdefault("Kernel SHAP", {}) if stage == "DeepSHAP" else {}  # never with itself
     for i, p in enumerate(frame["position"].unique()):
         phi = kernel_values[i, predicted[p]]
         if players is not None:  # patch values spread over their pixels, then summed per comparison region
             phi = groups.aggregate(players.spread(phi))
-        attributions["Kernel SHAP"][p] = phi
+        kernel[p] = phi
 
     permutation = pd.read_parquet(files["permutation_importance"])
     kind = "feature" if modality == "table" else "region"
@@ -100,9 +101,16 @@ def measure_agreement(run_dir: str, files: dict[str, str], seed: int) -> dict:
     table = agreement_table(attributions, global_importance.to_numpy(), source_ids)
     summary = table.groupby(["method_a", "method_b"], sort=False)["spearman"].mean().reset_index()
     n_flagged, n_rows = len(flagged_rows(table)), int(table["position"].nunique())
-    check = Check("method-agreement.disagreement", "Method agreement", f"rows whose median pairwise Spearman is below {THRESHOLD}", n_flagged, 0,
-                  "at most", SECTION_QUALITY, f"Explanation methods disagree (median pairwise Spearman below "
-                  f"{THRESHOLD}) on {n_flagged} of {n_rows} explained rows.", unit="count")
+    n_undefined = int((~np.isfinite(table["spearman"])).sum())
+    judged = int(table.groupby("position")["spearman"].median().notna().sum())
+    check = Check("method-agreement.disagreement", "Method agreement", f"rows whose median pairwise Spearman is "
+                  f"below {THRESHOLD}", n_flagged, 0, "at most", SECTION_QUALITY,
+                  f"Explanation methods disagree (median pairwise Spearman below {THRESHOLD}) on {n_flagged} of "
+                  f"{judged} explained rows.", unit="count",
+                  details=(f"{n_undefined} of {len(table)} method pairs have an undefined correlation (one method "
+                           "gives the same value to every feature) and are not counted.",) if n_undefined else (),
+                  not_assessable="" if judged else "every correlation is undefined: the methods give constant "
+                  "attributions (a model that does not react to its inputs), so there is no ranking to compare")
     return {"files": {"agreement": write_frame(layout.path(run_dir, "agreement"), table)},
             "checks": [check.to_json()], "n_flagged_rows": n_flagged,
             "mean_spearman": json.loads(summary.to_json(orient="records"))}

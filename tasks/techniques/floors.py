@@ -13,6 +13,9 @@ headline metrics use):
   that class's share of the labels to every row).
 - ``performance.flat_probabilities``: the top probability hardly varies across rows (a network that ignores its
   input).
+- ``data.lineage``: where the evaluation data comes from. A supplied model's card declares it (``evaluation_data``:
+  independent, out-of-time, in-sample, unknown): in-sample data is a material finding, an unknown lineage a moderate
+  one. A model trained here is measured on a split it never saw.
 - ``model.untrained``: normalisation layers still at their initial values (BatchNorm running mean 0 and variance 1,
   scale 1, shift 0): a network that was never trained, or whose trained state was not saved. Made only for models
   with such layers.
@@ -22,39 +25,24 @@ File ``analysis/floors.parquet``: one row per class (rows, correct, recall, its 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
-from scipy.stats import beta, binomtest
+from scipy.stats import binomtest
 
 from tasks.model.run_model import load_run_model
 from tasks.report.sections import ReportData, file_of
 from tasks.run import layout
-from tasks.run.checks import SECTION_PERFORMANCE, Check
-from tasks.run.formats import Split, read_split, write_frame
+from tasks.run.checks import MODERATE, SECTION_PERFORMANCE, Check
+from tasks.run.formats import write_frame
 from tasks.steps.model_card import threshold
+from tasks.techniques.population import ALPHA, evaluation_population, upper_bound
 
-ALPHA = 0.05  # one-sided level of the no-information test and the recall bounds
 DEGENERATE_SHARE = 0.95  # predicting one class for this share of rows (beyond its share of the labels) is degenerate
 FLAT_SPREAD = 1e-3  # standard deviation of the top probability across rows below this: flat
 UNTRAINED_SHARE = 0.5  # normalisation layers at their initial values: more than this share flags the model
-
-
-def evaluation_population(files: dict[str, str], supplied: bool) -> tuple[Split, str]:
-    """The rows the headline metrics use and how the report names them: all rows of a supplied model's data, or
-    the validation split of a model this tool trained."""
-    val = read_split(files["validation"])
-    if not supplied:
-        return val, f"the validation split ({len(val.labels)} rows held out from training)"
-    train = read_split(files["train"])
-    both = Split(np.concatenate([train.inputs, val.inputs]), np.concatenate([train.labels, val.labels]),
-                 train.source_ids + val.source_ids, val.class_names, val.modality, val.feature_names,
-                 {k: train.groups[k] + val.groups[k] for k in val.groups})
-    return both, f"every evaluation row ({len(both.labels)}: the supplied model was not trained here)"
-
-
-def upper_bound(successes: int, n: int, alpha: float = ALPHA) -> float:
-    """One-sided (1 - alpha) Clopper-Pearson upper bound of a proportion."""
-    return 1.0 if successes >= n else float(beta.ppf(1 - alpha, successes + 1, n - successes))
 
 
 def no_information(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> dict:
@@ -95,7 +83,8 @@ def untrained_layers(parameters: dict[str, np.ndarray]) -> tuple[int, int]:
 def check_floors(run_dir: str, files: dict[str, str], seed: int) -> dict:
     """The performance floors on the evaluation population."""
     model = load_run_model(files["model"])
-    rows, population = evaluation_population(files, model.record["source"] == "supplied")
+    supplied = model.record["source"] == "supplied"
+    rows, population = evaluation_population(files, supplied)
     probs = model.predict_proba(rows.inputs)
     predicted = probs.argmax(1)
     names = rows.class_names
@@ -128,6 +117,7 @@ def check_floors(run_dir: str, files: dict[str, str], seed: int) -> dict:
                         "rows (standard deviation)", spread, FLAT_SPREAD, "at least", SECTION_PERFORMANCE,
                         f"Flat probabilities: the top probability varies by {spread:.2e} across rows; the model "
                         "hardly reacts to its input."))
+    checks.append(lineage_check(json.loads(Path(files["card_record"]).read_text()), supplied))
     at_init, n_layers = untrained_layers(model.file.parameters)
     if n_layers:
         checks.append(Check("model.untrained", "Performance floor", "share of normalisation layers at their initial "
@@ -137,7 +127,29 @@ def check_floors(run_dir: str, files: dict[str, str], seed: int) -> dict:
     return {"files": {"floors": write_frame(layout.path(run_dir, "floors"), table)},
             "checks": [c.to_json() for c in checks], "population": population, "floor": floor,
             "no_information": test, "untrained": {"at_init": at_init, "layers": n_layers},
-            "unjudged": unjudged["class_name"].tolist()}
+            "unjudged": unjudged["class_name"].tolist(), "lineage": lineage(json.loads(
+                Path(files["card_record"]).read_text()), supplied)}
+
+
+def lineage(card: dict, supplied: bool) -> str:
+    """The evaluation data's lineage as the report states it."""
+    if not supplied:
+        return "independent: a held-out split made by this run, never used in training"
+    stated = card.get("evaluation_data", "unknown")
+    return stated if card.get("evaluation_data_stated") else "unknown (the model card does not state evaluation_data)"
+
+
+def lineage_check(card: dict, supplied: bool) -> Check:
+    """data.lineage: in-sample evaluation data is a material finding (the default severity), unknown a moderate one."""
+    stated = card.get("evaluation_data", "unknown") if supplied else "independent"
+    ok = stated in ("independent", "out-of-time")
+    finding = ("The evaluation data is in-sample (the model was fitted on it): its metrics overstate how the model "
+               "performs on new data." if stated == "in-sample" else
+               "The evaluation data's lineage is unknown (model card evaluation_data): the metrics may be in-sample "
+               "and overstate performance.")
+    return Check("data.lineage", "Evaluation data", "lineage of the evaluation data (1: in-sample or unknown)",
+                 0.0 if ok else 1.0, 0.0, "at most", SECTION_PERFORMANCE, finding, unit="count",
+                 severity=MODERATE if stated == "unknown" else "")  # the card's `severities` still override it
 
 
 def floors_section(data: ReportData, result: dict) -> dict:

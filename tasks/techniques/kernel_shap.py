@@ -27,7 +27,8 @@ from tasks.report.sections import ReportData, file_of, rows_at
 from tasks.run import layout
 from tasks.run.artifacts import write_parquet_atomic
 from tasks.run.checks import SECTION_QUALITY, Check
-from tasks.run.formats import META_PLAYERS, background_images, file_ref, read_kernel_shap, read_split
+from tasks.run.formats import (META_ENGINE, META_PLAYERS, background_images, file_ref, metadata, read_kernel_shap,
+                                read_split)
 from tasks.run.progress import progress_bar
 from tasks.techniques.groups import KERNEL_GRID, FeatureGroups, feature_columns, image_regions
 
@@ -111,7 +112,9 @@ def explain_kernel_shap(run_dir: str, files: dict[str, str], seed: int) -> dict:
     check = Check("kernel-shap.additivity", "Kernel SHAP", "additivity (largest error)", float(errors.max()), ADDITIVITY_THRESHOLD, "at most",
                   SECTION_QUALITY, f"Kernel SHAP's largest additivity error ({errors.max():.2e}) exceeds "
                   f"{ADDITIVITY_THRESHOLD:g}: some of its explanations do not account for the model's output.")
-    return {"files": {"kernel_shap": file_ref(path)}, "checks": [check.to_json()], "n_rows": n,
+    stage_is_kernel = metadata(files["shap_values"]).get(META_ENGINE.decode()) == "kernel"
+    return {"files": {"kernel_shap": file_ref(path)},  # the SHAP stage's Kernel SHAP has the one additivity check
+            "checks": [] if stage_is_kernel else [check.to_json()], "n_rows": n,
             "max_additivity_error": float(errors.max()), "n_samples": N_SAMPLES[val.modality]}
 
 

@@ -15,7 +15,9 @@ for tables, ``analysis/robustness_missing.parquet`` (feature, accuracy, drop).
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -27,7 +29,7 @@ from tasks.model.run_model import load_run_model
 from tasks.report import validator_figures
 from tasks.report.sections import TOP_TABLE_ROWS, ReportData, file_of
 from tasks.run import layout
-from tasks.run.checks import SECTION_PERFORMANCE, Check
+from tasks.run.checks import MINOR, SECTION_PERFORMANCE, Check
 from tasks.run.formats import read_split, write_frame
 from tasks.run.progress import progress_bar
 from tasks.steps.model_card import threshold
@@ -166,16 +168,21 @@ def measure_robustness(run_dir: str, files: dict[str, str], seed: int) -> dict:
     breaks = {name: breaking_strength(curve, drop) for name, curve in curves.groupby("perturbation", sort=False)}
     early = {name: s for name, s in breaks.items() if s is not None and s < needed}
     weakest = min((s for s in breaks.values() if s is not None), default=1.0)
+    card = json.loads(Path(files["card_record"]).read_text())
+    stated = any(key.startswith("robustness.") for key in card.get("thresholds_stated", []))
     check = Check("robustness.min_strength", "Robustness", f"relative strength that costs {drop:.0%} accuracy",
                   weakest, needed, "at least", SECTION_PERFORMANCE,
-                  f"{len(early)} perturbation(s) break the model below relative strength {needed}.",
+                  f"{len(early)} perturbation(s) break the model below relative strength {needed}"
+                  + ("." if stated else " of the tool's built-in strengths (the model card states no operating "
+                                        "conditions, so this weighs as a minor finding)."),
+                  severity="" if stated else MINOR,  # built-in strengths, tied to no operating condition: minor
                   details=tuple(f"Robustness: {name} costs {drop:.0%} accuracy already at relative strength "
                                 f"{s:.2f}." for name, s in early.items()))
     written = {"robustness": write_frame(layout.path(run_dir, "robustness"), curves)}
     if missing is not None:
         written["robustness_missing"] = write_frame(layout.path(run_dir, "robustness_missing"), missing)
     return {"files": written, "checks": [check.to_json()], "baseline": float(curves["accuracy"].iloc[0]),
-            "breaks": breaks, "drop": drop, "needed": needed, "n_rows": len(rows)}
+            "breaks": breaks, "drop": drop, "needed": needed, "n_rows": len(rows), "conditions_stated": stated}
 
 
 def robustness_section(data: ReportData, result: dict) -> dict:
