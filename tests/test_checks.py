@@ -42,14 +42,15 @@ def failing_run(prefect_server, tmp_path_factory):
     return result
 
 
-def test_a_failed_check_shows_in_the_summary_the_table_limitations_and_the_manifest(failing_run):
+def test_a_failed_check_shows_in_the_verdict_the_table_the_register_and_the_manifest(failing_run):
     text = " ".join(pdf_text(failing_run["pdf"]).split())
     summary = text[text.index("1. Purpose and use"):text.index("Model card")]
-    assert "Integrated Gradients, completeness (largest error): Integrated Gradients' completeness error" in summary
+    assert f"Verdict: {failing_run['verdict']}" in summary and "minor finding(s)" in summary
     table = text[text.index("Explanation quality: the checks"):text.index("Additivity DeepSHAP values")]
-    assert "Integrated Gradients completeness (largest error)" in table and "at most 1e-300 failed" in table
-    limits = text[text.index("5. Limitations"):text.index("6. Monitoring and changes")]
-    assert "its maps do not account for the whole change in output" in limits
+    assert "Integrated Gradients completeness (largest error)" in table and "at most 1e-300 failed (minor)" in table
+    register = text[text.index("5. Findings register and limitations"):text.index("6. Monitoring and changes")]
+    assert "its maps do not account for the whole change in output" in register
+    assert "integrated-gradients.completeness" in register.replace(" ", "")
     manifest = json.loads(layout.path(failing_run["run_dir"], "manifest").read_text())
     (ig,) = [c for c in manifest["checks"] if c["id"] == "integrated-gradients.completeness"]
     assert ig["passed"] is False and ig["threshold"] == 1e-300

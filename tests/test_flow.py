@@ -15,12 +15,12 @@ from tasks.run import layout
 from tasks.run.artifacts import current_umask, sha256_file
 from tests.conftest import run_report, subflow_run, task_runs
 
-SECTIONS = ("Model compliance report", "1. Purpose and use", "Summary", "Model card", "2. Design and data",
+SECTIONS = ("Model validation report", "1. Purpose and use", "Summary", "Model card", "2. Design and data",
             "Model and training", "Weights and biases", "3. Performance and testing", "Validation metrics",
             "Sliced analysis", "4. Explanations and their quality", "Permutation feature importance",
             "Global SHAP importance", "Explanations of individual decisions: DeepSHAP", "Gradient attribution",
             "Model-agnostic SHAP (Kernel SHAP)", "LIME", "Explanation quality: the checks", "Additivity",
-            "Randomisation sanity check", "Stability", "Method agreement", "5. Limitations",
+            "Randomisation sanity check", "Stability", "Method agreement", "5. Findings register and limitations", "Performance floors",
             "6. Monitoring and changes", "7. Reproducibility", "Wall time per step", "Where the SHAP values were computed",
             "Calibration", "Expected calibration error", "Robustness to perturbations", "Challenger model",
             "Fairness across protected groups", "Revalidation triggers",
@@ -225,7 +225,8 @@ def test_a_breast_cancer_report_has_every_technique_for_tables(table_flow_result
 
     assert state.is_completed()
     assert result["failed"] and state.name == "Completed with findings"  # fairness fails: the UI's list says so
-    assert state.message.startswith(f"{result['checks_failed']} of {result['n_checks']} checks failed: ")
+    assert state.message.startswith(f"{result['verdict']}. {result['checks_failed']} of {result['n_checks']} checks "
+                                    "failed: ")
     assert all(name in state.message for name in result["failed"])
     from prefect.client.orchestration import get_client
 
@@ -245,7 +246,7 @@ def test_a_breast_cancer_report_has_every_technique_for_tables(table_flow_result
     assert set(checks) >= {"calibration.ece", "robustness.min_strength", "challenger.margin",
                            "fairness.selection_rate_ratio", "fairness.equalized_odds"}
     assert not checks["fairness.selection_rate_ratio"]["passed"]  # site A is selected far more often
-    limitations = text[text.index("5. Limitations"):text.index("6. Monitoring and changes")]
+    limitations = text[text.index("5. Findings register and limitations"):text.index("6. Monitoring and changes")]
     assert "fail the four-fifths rule" in limitations or "by site, the selection rate of 'malignant'" in limitations
     appendix = text[text.index("Appendix: traceability"):]
     for check_id in checks:  # (table cells wrap long ids at their hyphens)

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from pypdf import PdfReader
@@ -249,6 +250,19 @@ def test_a_gradient_boosting_model_in_onnx_gets_the_model_agnostic_techniques_an
     assert "Model under validation" in text and record["sha256"] in text.replace(" ", "")
     assert "Saliency and Integrated Gradients Not available for this model: no torch graph" in text
     assert "on all 569 evaluation rows" in text
+    # The SHAP stage fell back to Kernel SHAP: no sentence calls its values DeepSHAP, and Kernel SHAP is counted once
+    assert "Explanations of individual decisions: Kernel SHAP" in text
+    assert "DeepSHAP value" not in text and "exact DeepSHAP" not in text and "DeepSHAP values must" not in text
+    checks = [c["id"] for c in json.loads(layout.path(run_dir, "manifest").read_text())["checks"]]
+    assert "kernel-shap.additivity" not in checks and checks.count("deepshap.additivity") == 1
+    agreement = pd.read_parquet(layout.path(run_dir, "agreement"))
+    assert not (agreement["method_a"].str.startswith("Kernel SHAP")
+                & agreement["method_b"].str.startswith("Kernel SHAP")).any()
+    # No card: no intended use, an unknown evaluation lineage (a moderate finding), a technical assessment
+    assert result["verdict"] == "Technical assessment only: no intended use declared"
+    (lineage,) = [c for c in json.loads(layout.path(run_dir, "manifest").read_text())["checks"]
+                  if c["id"] == "data.lineage"]
+    assert lineage["status"] == "failed" and lineage["severity"] == "moderate"
 
 
 @pytest.fixture(scope="module")
@@ -274,6 +288,13 @@ def test_a_resnet18_exported_with_torch_export_gets_the_whole_report_with_exact_
         num_classes=10).state_dict().values() if p.is_floating_point()) + 20  # + batch norms' counters
     text = " ".join(" ".join(page.extract_text().split()) for page in PdfReader(result["pdf"]).pages)
     assert "Model under validation" in text and "torch.export" in text and "aten.conv2d" in text
+    # Random weights: every normalisation layer at its initial values, a material finding (no card: graded only)
+    checks = {c["id"]: c for c in json.loads(layout.path(result["run_dir"], "manifest").read_text())["checks"]}
+    assert checks["model.untrained"]["status"] == "failed" and checks["model.untrained"]["value"] == 1.0
+    from tasks.report.build import run_checks
+    from tasks.run.verdict import NOT_FIT, derive
+
+    assert derive(run_checks(results), True).text == NOT_FIT
 
 
 def test_explain_image_and_verify_work_on_a_run_of_a_supplied_model(resnet_run, tmp_path):
