@@ -309,6 +309,9 @@ def run_command(args: argparse.Namespace) -> int:
     # SIGTERM (a supervisor, an IDE's stop button, systemd) stops the run as Ctrl-C does. Prefect's flow engine
     # swaps in its own handler for the run, marks the flow run Crashed, then re-sends the signal to this one.
     signal.signal(signal.SIGTERM, _interrupt)
+    # SIGINT too: a shell starts a background job (`accountability run ... &`) with SIGINT ignored, and Python
+    # then installs no handler of its own, so Ctrl-C or `kill -INT` would be ignored and the run completes.
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         result = compliance_report(**parameters, **dask)
     except KeyboardInterrupt:

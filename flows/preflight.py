@@ -17,8 +17,9 @@ from pathlib import Path
 
 from tasks.data.specs import check_dataset_source
 from tasks.model.formats import detect_format
+from tasks.run import layout
 from tasks.run.config import RunConfig
-from tasks.run.errors import InputError
+from tasks.run.errors import InputError, user_path
 from tasks.run.history import check_previous_run
 from tasks.run.resume import resumable_parameters
 from tasks.run.serve import REPORTS_DIR, REPORTS_URL
@@ -55,34 +56,38 @@ def reports_url() -> str | None:
 def _check(config: RunConfig, dask_address: str | None, dask_workers: int) -> RunConfig:
     check_dask_options(dask_address, dask_workers)
     check_dataset_source(config.dataset, config.label)
-    out = config.out.expanduser().resolve()
+    out = user_path(config.out, "--out")
     check_writable(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a directory")
+    inside = next((p for p in (out, *out.parents) if layout.path(p, "run_record").is_file()), None)
+    if inside is not None:
+        raise InputError(f"--out {out} is inside the run directory {inside}: a new run there would change that "
+                         "run's files (and fail its verify); give a directory outside every run")
     resolved = {"out": out}
     if config.model is not None:
-        resolved["model"] = config.model.expanduser().resolve()
+        resolved["model"] = user_path(config.model, "--model")
         fmt = detect_format(resolved["model"])
         if config.shap_engine == "shap" and fmt != "safetensors":
             raise InputError(f"--shap-engine shap needs the model as PyTorch modules; --model {resolved['model']} is "
                              f"a {fmt} file: use the default engine, which reads its graph")
     if config.challenger is not None:
-        resolved["challenger"] = config.challenger.expanduser().resolve()
+        resolved["challenger"] = user_path(config.challenger, "--challenger")
         try:
             detect_format(resolved["challenger"])
         except InputError as exc:
             raise InputError(str(exc).replace("--model", "--challenger", 1)) from None
     if config.metadata is not None:
-        resolved["metadata"] = config.metadata.expanduser().resolve()
+        resolved["metadata"] = user_path(config.metadata, "--metadata")
         if not resolved["metadata"].is_file():
             raise InputError(f"--metadata {resolved['metadata']} does not exist or is not a file")
     if config.model_card is not None:
-        resolved["model_card"] = config.model_card.expanduser().resolve()
+        resolved["model_card"] = user_path(config.model_card, "--model-card")
         read_model_card(resolved["model_card"])
     if config.compare is not None:
         resolved["compare"] = check_previous_run(config.compare, config.dataset)
     if config.resume is not None:
-        resolved["resume"] = Path(config.resume).expanduser().resolve()
+        resolved["resume"] = user_path(config.resume, "--resume")
         recorded = resumable_parameters(resolved["resume"])
         mine = {k: v for k, v in replace(config, **resolved).to_json().items() if k != "resume"}
         differing = sorted(k for k in mine if k in recorded and recorded[k] != mine[k])

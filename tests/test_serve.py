@@ -24,6 +24,7 @@ def reports(tmp_path) -> Path:
     root = tmp_path / "reports"
     run = root / "digits-2026-12-01 <b>&"
     (run / "figures").mkdir(parents=True)
+    (run / "run.json").write_text("{}")
     (run / "report.pdf").write_bytes(b"%PDF-1.7\n" + os.urandom(4096))
     (run / "figures" / "shap.svg").write_text("<svg xmlns='http://www.w3.org/2000/svg'><script>alert(1)</script></svg>")
     (root / ".prefect-results").mkdir()
@@ -67,6 +68,49 @@ def test_listings_escape_names_and_hide_what_is_not_served(served):
     assert run.status_code == 301 and run.headers["location"].endswith("%26/")
     listing = httpx.get(f"{served}/digits-2026-12-01%20%3Cb%3E%26/").text
     assert "report.pdf" in listing and "figures/" in listing and "escape.txt" not in listing
+
+
+def test_hard_links_and_directories_that_are_not_runs_are_neither_served_nor_listed(reports, tmp_path):
+    run = reports / "digits-2026-12-01 <b>&"
+    os.link(tmp_path / "secret.txt", run / "linked.txt")  # a hard link to a file outside the root
+    os.link(tmp_path / "secret.txt", reports / "passwd")
+    (reports / "notes").mkdir()
+    (reports / "notes" / "private.txt").write_text("a file outside any run")
+    (reports / "monthly" / "2026-11-run").mkdir(parents=True)  # a folder that leads to a run is listed
+    (reports / "monthly" / "2026-11-run" / "run.json").write_text("{}")
+    server, url = serving(reports)
+    try:
+        for path in ("/digits-2026-12-01%20%3Cb%3E%26/linked.txt", "/passwd", "/notes/", "/notes/private.txt"):
+            assert httpx.get(url + path).status_code == 404, path
+        index = httpx.get(f"{url}/").text
+        assert "notes" not in index and "passwd" not in index and "monthly/" in index
+        assert "linked.txt" not in httpx.get(f"{url}/digits-2026-12-01%20%3Cb%3E%26/").text
+        assert "2026-11-run/" in httpx.get(f"{url}/monthly/").text
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_aborted_download_prints_no_traceback(reports, capsys):
+    import socket
+    import struct
+    import time
+
+    (reports / "digits-2026-12-01 <b>&" / "big.bin").write_bytes(os.urandom(32 << 20))
+    server, url = serving(reports)
+    try:
+        for _ in range(3):
+            client = socket.create_connection(server.server_address)
+            client.sendall(b"GET /digits-2026-12-01%20%3Cb%3E%26/big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+            client.recv(1024)
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # reset, not close
+            client.close()
+        time.sleep(1)
+        assert httpx.get(f"{url}/").status_code == 200  # still serving
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "Traceback" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("path", [

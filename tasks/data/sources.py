@@ -8,7 +8,7 @@ from tasks.data import images, tables
 from tasks.data.dataset import Dataset, validate_dataset
 from tasks.data.protected import metadata_groups
 from tasks.data.specs import check_dataset_source, parse_dataset_spec
-from tasks.run.errors import InputError
+from tasks.run.errors import InputError, user_path
 from tasks.run.artifacts import sha256_file
 
 
@@ -29,10 +29,10 @@ def load_dataset(spec: str, label: str | None = None, protected: tuple[str, ...]
         dataset = tables.load_breast_cancer()
     elif kind in ("csv", "parquet"):
         from_table = () if metadata is not None else protected
-        dataset = tables.load_table_file(kind, Path(arg).expanduser().resolve(), label, from_table, keep_protected)
+        dataset = tables.load_table_file(kind, user_path(arg), label, from_table, keep_protected)
     else:
         loaders = {"cifar10": images.load_cifar10, "imagefolder": images.load_imagefolder}
-        dataset = loaders[kind](Path(arg).expanduser().resolve())
+        dataset = loaders[kind](user_path(arg))
     if metadata is not None:
         dataset.groups = metadata_groups(Path(metadata), protected, dataset.source_ids)
         dataset.provenance["metadata_sha256"] = {Path(metadata).name: sha256_file(Path(metadata))}

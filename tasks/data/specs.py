@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.run.errors import InputError
+from tasks.run.errors import InputError, user_path
 
 BUILT_IN = ("digits", "breast-cancer")  # ship inside scikit-learn
 DIRECTORY_KINDS = ("cifar10", "imagefolder")  # image sources: KIND:DIR
@@ -41,7 +41,7 @@ def check_dataset_source(spec: str, label: str | None = None) -> None:
     kind, arg = parse_dataset_spec(spec, label)
     if kind in BUILT_IN:
         return
-    path = Path(arg).expanduser()
+    path = user_path(arg, "dataset", resolve=False)
     if kind in DIRECTORY_KINDS and not path.is_dir():
         raise InputError(f"dataset directory {path.resolve()} does not exist or is not a directory")
     if kind in FILE_KINDS and not path.is_file():

@@ -15,14 +15,14 @@ from tasks.report.figures import shap_image_plot, short_labels
 from tasks.report.render import render_pdf
 from tasks.run import layout
 from tasks.run.artifacts import sha256_file, write_json_atomic
-from tasks.run.errors import InputError
+from tasks.run.errors import InputError, user_path
 from tasks.run.verify import verify_run
 from tasks.run.formats import background_images, read_split
 
 
 def explain_image(image_path: Path, run_dir: Path, out_dir: Path) -> dict:
     """Predict `image_path` with the model of `run_dir` and explain it against that run's background."""
-    image_path, run_dir = Path(image_path).expanduser().resolve(), Path(run_dir).expanduser().resolve()
+    image_path, run_dir = user_path(image_path), user_path(run_dir)
     if not image_path.is_file():
         raise InputError(f"image {image_path} does not exist or is not a file")
     record, train_path = layout.path(run_dir, "model"), layout.path(run_dir, "train")
@@ -34,7 +34,7 @@ def explain_image(image_path: Path, run_dir: Path, out_dir: Path) -> dict:
     if problems:
         raise InputError(f"{run_dir} fails verification ({problems[0]}; {len(problems)} difference(s) in all): "
                          "explain with an intact run")
-    out_dir = Path(out_dir).expanduser().resolve()
+    out_dir = user_path(out_dir)
     inside = next((d for d in (out_dir, *out_dir.parents) if layout.path(d, "manifest").is_file()), None)
     if inside is not None:
         raise InputError(f"--out {out_dir} is inside the run directory {inside}: writing there would change the "

@@ -28,7 +28,7 @@ class Trace:
 
 
 CORE = (
-    Trace("1. Purpose and model card", (), {
+    Trace("1. Purpose and model card", ("governance.monitoring_plan",), {
         US: "model inventory; materiality drives the depth of review", EU: "Annex IV 1(a) intended purpose",
         UK: "principle 1 (model identification and risk classification)"}),
     Trace("2. Data", (), {

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.run import layout
-from tasks.run.errors import InputError, StorageError, storage_problem
+from tasks.run.errors import InputError, StorageError, storage_problem, user_path
 
 
 def read_user_text(path: Path, what: str, max_bytes: int) -> str:
@@ -117,7 +117,7 @@ def write_parquet_atomic(path: Path, table: pa.Table) -> Path:
 
 def new_run_dir(out: Path, dataset_slug: str) -> Path:
     """Create a fresh, uniquely named run directory under `out` (never reuses one)."""
-    out = Path(out).expanduser().resolve()
+    out = user_path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)

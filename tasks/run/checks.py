@@ -97,11 +97,3 @@ def unassessed(checks: list[Check]) -> list[Check]:
 def graded(checks: list[Check], overrides: dict[str, str]) -> list[Check]:
     """The checks with the model card's severities (check id -> severity) in place of the defaults."""
     return [replace(c, severity=overrides.get(c.id, c.grade)) for c in checks]
-
-
-def limitations(checks: list[Check]) -> list[str]:
-    """What the failed checks say, in words: one line per finding (or per detail, where a check has them)."""
-    lines = []
-    for check in failed(checks):
-        lines += list(check.details) or [check.finding]  # details, where given, say it line by line
-    return lines

@@ -30,6 +30,16 @@ def require_utf8(text: str, what: str) -> str:
     return text
 
 
+def user_path(value, what: str = "path", resolve: bool = True) -> Path:
+    """A path a user gave, with `~` and `~user` expanded (and resolved); InputError, not a RuntimeError traceback,
+    for a `~user` this system does not know."""
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:  # "Could not determine home directory"
+        raise InputError(f"{what} {value}: no such user's home directory") from None
+    return path.resolve() if resolve else path
+
+
 class StorageError(Exception):
     """A run's file could not be written: its file system is full, read-only or refuses the name. The command line
     prints the message alone (naming the file) with how to finish the run once that is mended."""

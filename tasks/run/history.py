@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from tasks.run import layout
-from tasks.run.errors import InputError
+from tasks.run.errors import InputError, user_path
 from tasks.run.verify import verify_run
 
 
@@ -49,7 +49,7 @@ def previous_run(out: Path, dataset: str, current: Path) -> Path | None:
 
 def check_previous_run(run_dir: Path, dataset: str) -> Path:
     """A run named with --compare: it must be a finished run of the same dataset and layout, and pass verification."""
-    run_dir = Path(run_dir).expanduser().resolve()
+    run_dir = user_path(run_dir)
     recorded = _recorded(run_dir)
     if recorded is None:
         raise InputError(f"--compare {run_dir}: not a finished run directory (no readable {layout.FILES['manifest']})")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tasks.run import layout
 from tasks.run.artifacts import sha256_file, write_json_atomic
-from tasks.run.errors import InputError
+from tasks.run.errors import InputError, user_path
 from tasks.run.provenance import code_digest, package_versions
 
 RESULT_PACKAGES = ("torch", "numpy", "shap", "captum", "lime", "scikit-learn", "scikit-image")  # their versions key results
@@ -32,7 +32,7 @@ def record_run(run_dir: Path, parameters: dict) -> Path:
 
 def resumable_parameters(run_dir: Path) -> dict:
     """The recorded parameters of an unfinished run, or InputError saying why it cannot be resumed."""
-    run_dir = Path(run_dir).expanduser().resolve()
+    run_dir = user_path(run_dir)
     if not run_dir.is_dir():
         raise InputError(f"--resume {run_dir}: no such run directory")
     manifest, record = layout.path(run_dir, "manifest"), layout.path(run_dir, "run_record")

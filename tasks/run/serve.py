@@ -1,9 +1,11 @@
 """Serve a reports directory (the runs' --out) read-only over HTTP, so that the link of a run's `report-pdf`
 artifact opens from the Prefect UI (browsers refuse `file://` links from a web page).
 
-GET and HEAD only; a path is served only when it names a plain file or directory inside the root without
-passing through a symbolic link or a hidden name (`.prefect-results/` holds Prefect's own result records).
-With an auth string (`user:password`, the same as the Prefect API's) every request needs HTTP basic auth."""
+GET and HEAD only. What is served: the files of run directories (a directory holding the run's `run.json`) under
+the root, each a plain file with one link (a hard link could bring in any file of the file system), reached without
+a symbolic link or a hidden name (`.prefect-results/` holds Prefect's own result records). What is listed: the run
+directories, the folders that lead to them, and a run directory's own files; nothing else. With an auth string
+(`user:password`, the same as the Prefect API's) every request needs HTTP basic auth."""
 
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
-from tasks.run.errors import InputError
+from tasks.run import layout
+from tasks.run.errors import InputError, user_path
 
 REPORTS_URL = "ACCOUNTABILITY_REPORTS_URL"  # where the workers' runs link their PDFs (flows/preflight.py) ...
 REPORTS_DIR = "ACCOUNTABILITY_REPORTS"  # ... the directory served there (also the deployments' --out)
@@ -93,6 +96,9 @@ class ReportsHandler(BaseHTTPRequestHandler):
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         with path.open("rb") as handle:
             info = os.fstat(handle.fileno())  # the file being sent, not whatever the name holds by now
+            if info.st_nlink != 1:  # a hard link made since the name was checked
+                self.send_error(HTTPStatus.NOT_FOUND)
+                return
             self.send_response(HTTPStatus.OK)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(info.st_size))
@@ -122,9 +128,34 @@ def resolve_served(root: Path, url_path: str) -> Path | None:
     try:
         if candidate.resolve(strict=True) != candidate:  # a symbolic link on the way
             return None
+        info = candidate.stat()
     except (OSError, RuntimeError):
         return None
-    return candidate if candidate.is_dir() or candidate.is_file() else None
+    in_run = any(is_run(p) for p in (candidate, *candidate.parents) if p.is_relative_to(root))
+    if candidate.is_file():
+        return candidate if in_run and info.st_nlink == 1 else None
+    if candidate.is_dir() and (candidate == root or in_run or leads_to_run(candidate)):
+        return candidate
+    return None
+
+
+RUN_MARKER = layout.FILES["run_record"]  # what makes a directory a run directory
+RUN_DEPTH = 3  # folders a run directory may sit below the root (--out inside the served directory)
+
+
+def is_run(directory: Path) -> bool:
+    return (directory / RUN_MARKER).is_file()
+
+
+def leads_to_run(directory: Path, depth: int = RUN_DEPTH) -> bool:
+    """A folder with a run directory at most `depth` levels below it (not through hidden names or links)."""
+    if depth <= 0:
+        return False
+    try:
+        children = [c for c in directory.iterdir() if served_name(c.name) and not c.is_symlink() and c.is_dir()]
+    except OSError:
+        return False
+    return any(is_run(c) or leads_to_run(c, depth - 1) for c in children)
 
 
 def served_name(name: str) -> bool:
@@ -135,7 +166,7 @@ def served_name(name: str) -> bool:
 def listing(root: Path, directory: Path) -> str:
     """An HTML index of a served directory: the entries `resolve_served` would serve, names escaped."""
     entries = sorted(entry for entry in directory.iterdir()
-                     if served_name(entry.name) and not entry.is_symlink() and (entry.is_dir() or entry.is_file()))
+                     if resolve_served(root, "/" + entry.relative_to(root).as_posix()) is not None)
     title = html.escape("/" if directory == root else f"/{directory.relative_to(root).as_posix()}/")
     rows = "".join(f'<li><a href="{quote(e.name)}{"/" if e.is_dir() else ""}">{html.escape(e.name)}'
                    f'{"/" if e.is_dir() else ""}</a></li>' for e in entries)
@@ -143,9 +174,18 @@ def listing(root: Path, directory: Path) -> str:
             f"<h1>{title}</h1><ul>{rows}</ul>")
 
 
-def make_server(root: Path, host: str = "127.0.0.1", port: int = 4201, auth: str | None = None) -> ThreadingHTTPServer:
+class ReportsServer(ThreadingHTTPServer):
+    """Quiet about clients that go away mid-download (an aborted PDF download is not the server's error)."""
+
+    def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
+            return
+        super().handle_error(request, client_address)
+
+
+def make_server(root: Path, host: str = "127.0.0.1", port: int = 4201, auth: str | None = None) -> ReportsServer:
     """A threaded server of `root`, bound but not yet serving (call `serve_forever`)."""
-    root = root.expanduser().resolve()
+    root = user_path(root)
     if not root.is_dir():
         raise InputError(f"reports directory {root} does not exist or is not a directory")
     if auth is not None and ":" not in auth:
@@ -158,7 +198,7 @@ def make_server(root: Path, host: str = "127.0.0.1", port: int = 4201, auth: str
         raise InputError(f"serving reports on {host} (beyond this machine) needs an auth string: "
                          "set ACCOUNTABILITY_REPORTS_AUTH=user:password, or serve on 127.0.0.1")
     try:
-        server = ThreadingHTTPServer((host, port), partial(ReportsHandler, root=root, auth=auth))
+        server = ReportsServer((host, port), partial(ReportsHandler, root=root, auth=auth))
     except OSError as exc:
         raise InputError(f"cannot serve on {host}:{port}: {exc.strerror}") from None
     server.daemon_threads = True
@@ -168,7 +208,7 @@ def make_server(root: Path, host: str = "127.0.0.1", port: int = 4201, auth: str
 def serve_reports(root: Path, host: str, port: int, auth: str | None) -> None:
     """Serve until interrupted (SIGINT)."""
     server = make_server(root, host, port, auth)
-    print(f"serving {root.expanduser().resolve()} read-only at http://{host}:{server.server_address[1]}/"
+    print(f"serving {user_path(root)} read-only at http://{host}:{server.server_address[1]}/"
           f"{' (basic auth)' if auth else ''}", file=sys.stderr, flush=True)
     try:
         server.serve_forever()

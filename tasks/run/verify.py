@@ -26,12 +26,12 @@ from pypdf import PdfReader
 
 from tasks.run import layout
 from tasks.run.artifacts import build_manifest, sha256_file
-from tasks.run.errors import InputError
+from tasks.run.errors import InputError, user_path
 
 
 def verify_run(run_dir: Path) -> list[str]:
     """The differences between `run_dir` and its manifest.json, one line each (empty: intact)."""
-    run_dir = Path(run_dir).expanduser().resolve()
+    run_dir = user_path(run_dir)
     recorded = _recorded_files(run_dir)
     problems = _links_and_hidden(run_dir)
     actual = build_manifest(run_dir)["files"]
@@ -50,7 +50,7 @@ class Seal(NamedTuple):
 def seal_differences(run_dir: Path) -> list[str]:
     """report.pdf and manifest.json against the seal their flow run left on the Prefect server (the one at
     PREFECT_API_URL, or the local one); one line per difference, or saying why there is no seal to check."""
-    run_dir = Path(run_dir).expanduser().resolve()
+    run_dir = user_path(run_dir)
     _recorded_files(run_dir)  # (a manifest that is one)
     flow_run = json.loads(layout.path(run_dir, "manifest").read_text()).get("flow_run")
     flow_run_id = flow_run.get("id") if isinstance(flow_run, dict) else None

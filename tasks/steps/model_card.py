@@ -23,7 +23,7 @@ import yaml
 from tasks.run import layout
 from tasks.run.artifacts import read_user_text, sha256_file, write_bytes_atomic, write_json_atomic
 from tasks.run.checks import SEVERITIES, Check
-from tasks.run.errors import InputError
+from tasks.run.errors import InputError, user_path
 
 FIELDS = {  # key in the YAML file -> heading in the report
     "model_name": "Model name",
@@ -66,7 +66,7 @@ NOT_PROVIDED = "not provided"
 
 def read_model_card(path: Path) -> dict[str, str | list[str]]:
     """The card's fields as text or lists of text; InputError naming the file for anything else."""
-    path = Path(path).expanduser().resolve()
+    path = user_path(path)
     if not path.exists():
         raise InputError(f"model card {path} does not exist")
     text = read_user_text(path, "model card", MAX_BYTES)

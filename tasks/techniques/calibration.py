@@ -1,5 +1,7 @@
 """Calibration: do the model's probabilities mean what they say? Reliability diagram, expected calibration
-error (ECE) with a bootstrap 95% interval, Brier score and log loss, on the validation split.
+error (ECE) with a bootstrap 95% interval, Brier score and log loss, on the evaluation population
+(tasks/techniques/population.py). The check passes when the whole interval is within the bound, fails when the
+whole interval is over it, and is not assessable otherwise or on fewer than MIN_ROWS rows.
 
 Multi-class models are assessed on the top label (confidence = the largest probability, outcome =
 whether that class is right); binary models on the positive class (tasks/techniques/positive.py).
@@ -20,12 +22,14 @@ from tasks.report import validator_figures
 from tasks.report.sections import ReportData, file_of
 from tasks.run import layout
 from tasks.run.checks import SECTION_PERFORMANCE, Check
-from tasks.run.formats import read_split, write_frame
+from tasks.run.formats import write_frame
 from tasks.steps.model_card import threshold
+from tasks.techniques.population import evaluation_population
 from tasks.techniques.positive import run_positive_index
 
 BINS = 10
 BOOTSTRAP = 500  # resamples for the ECE interval
+MIN_ROWS = 100  # fewer rows cannot judge calibration in ten bins
 
 
 def reliability_table(confidence: np.ndarray, outcome: np.ndarray, bins: int = BINS) -> pd.DataFrame:
@@ -79,10 +83,22 @@ def assess_calibration(probs: np.ndarray, labels: np.ndarray, positive: int | No
             "brier": float(brier), "log_loss": float(log_loss(labels, clipped, labels=np.arange(k)))}
 
 
+def calibration_judgement(scores: dict, bound: float, n_rows: int) -> str:
+    """Why the ECE cannot judge against `bound`, or "" when it can: too few rows, or an interval on both sides of
+    the bound (the ECE alone, on a small sample, would pass or fail by chance)."""
+    if n_rows < MIN_ROWS:
+        return f"{n_rows} rows, fewer than the {MIN_ROWS} an expected calibration error needs"
+    if scores["ece_low"] <= bound < scores["ece_high"]:
+        return (f"the 95% interval of the expected calibration error, {scores['ece_low']:.3f} to "
+                f"{scores['ece_high']:.3f}, lies on both sides of the bound {bound:g}")
+    return ""
+
+
 def check_calibration(run_dir: str, files: dict[str, str], seed: int) -> dict:
-    """Calibration of the model's validation probabilities, held to the model card's ECE threshold."""
+    """Calibration of the model's probabilities on the evaluation population, held to the model card's ECE
+    threshold: passed when the whole 95% interval is within it, failed when the whole interval is over it."""
     model = load_run_model(files["model"])
-    val = read_split(files["validation"])
+    val, population = evaluation_population(files, model.record["source"] == "supplied")
     positive = run_positive_index(files["run_record"], val.class_names)
     scores = assess_calibration(model.predict_proba(val.inputs), val.labels, positive, seed)
     table = reliability_table(scores["confidence"], scores["outcome"])
@@ -92,9 +108,9 @@ def check_calibration(run_dir: str, files: dict[str, str], seed: int) -> dict:
                   scores["ece"], bound, "at most", SECTION_PERFORMANCE,
                   f"The model's probabilities for {subject} are miscalibrated: expected calibration error "
                   f"{scores['ece']:.3f} (95% CI {scores['ece_low']:.3f} to {scores['ece_high']:.3f}) is over "
-                  f"{bound}.")
+                  f"{bound}.", not_assessable=calibration_judgement(scores, bound, len(val.labels)))
     return {"files": {"calibration": write_frame(layout.path(run_dir, "calibration"), table)},
-            "checks": [check.to_json()], "n_rows": len(val.labels), "subject": subject,
+            "checks": [check.to_json()], "n_rows": len(val.labels), "subject": subject, "population": population,
             **{k: v for k, v in scores.items() if k not in ("confidence", "outcome")}}
 
 

@@ -148,6 +148,27 @@ def curve_areas(curves: pd.DataFrame) -> pd.DataFrame:
     return areas.groupby(["curve", "order"])["auc"].mean().unstack("order")
 
 
+def margin_interval(curves: pd.DataFrame, curve: str, seed: int, n_boot: int = 1000) -> tuple[float, float]:
+    """95% bootstrap interval (over images) of how much better the attribution order does than the random orders
+    on `curve`: random AUC minus attribution AUC for deletion (lower is better), the reverse for insertion."""
+    per_row = (curves[curves["curve"] == curve].groupby(["position", "order", "repeat"])
+               .apply(lambda g: float(np.trapezoid(g["probability"], g["fraction"])), include_groups=False)
+               .groupby(["position", "order"]).mean().unstack("order"))
+    margin = (per_row["random"] - per_row["attribution"]).to_numpy()
+    margin = margin if curve == "deletion" else -margin
+    rng = np.random.default_rng(seed)
+    means = [margin[rng.integers(0, len(margin), len(margin))].mean() for _ in range(n_boot)]
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def margin_judgement(low: float, high: float) -> str:
+    """"" when the margin's interval excludes zero (the check can judge); why not otherwise."""
+    if low > 0 or high < 0:
+        return ""
+    return (f"the 95% interval of the margin over random orders, {low:.3f} to {high:.3f}, includes zero: too few "
+            "images to tell the attribution order from a random one")
+
+
 def check_faithfulness(run_dir: str, files: dict[str, str], seed: int, engine: str = "fast") -> dict:
     """Randomisation, deletion/insertion (images) and stability checks for the first MAX_ROWS explained rows."""
     model = load_run_model(files["model"])
@@ -183,14 +204,17 @@ def check_faithfulness(run_dir: str, files: dict[str, str], seed: int, engine: s
         written["deletion_insertion"] = write_frame(layout.path(run_dir, "deletion_insertion"), curves)
         result["areas"] = {curve: {order: float(areas.loc[curve, order]) for order in areas.columns}
                            for curve in areas.index}
+        result["margins"] = {curve: margin_interval(curves, curve, seed) for curve in ("deletion", "insertion")}
         checks += [Check("deepshap.deletion", "DeepSHAP", "deletion: area under the curve, against random orders",
                          result["areas"]["deletion"]["attribution"], result["areas"]["deletion"]["random"],
                          "at most", SECTION_QUALITY,
-                         "Removing pixels in attribution order is no better than a random order."),
+                         "Removing pixels in attribution order is no better than a random order.",
+                         not_assessable=margin_judgement(*result["margins"]["deletion"])),
                    Check("deepshap.insertion", "DeepSHAP", "insertion: area under the curve, against random orders",
                          result["areas"]["insertion"]["attribution"], result["areas"]["insertion"]["random"],
                          "at least", SECTION_QUALITY,
-                         "Adding pixels in attribution order is no better than a random order.")]
+                         "Adding pixels in attribution order is no better than a random order.",
+                         not_assessable=margin_judgement(*result["margins"]["insertion"]))]
 
     second = train.inputs[select_background(len(train.inputs), len(background), seed + 1)]
     again = deep_shap_explainer(second, engine)(model, rows, targets)
@@ -200,11 +224,12 @@ def check_faithfulness(run_dir: str, files: dict[str, str], seed: int, engine: s
                               for p, (rho, overlap) in zip(explained["position"],
                                                            (rank_agreement(a, b, TOP_K) for a, b in zip(first_g, again_g)))])
     written["stability"] = write_frame(layout.path(run_dir, "stability"), stability)
-    mean = float(stability["spearman"].mean())
-    checks.append(Check("deepshap.stability", "DeepSHAP", "stability across two background samples (mean Spearman)", mean,
-                        STABILITY_THRESHOLD, "at least", SECTION_QUALITY,
+    mean = float(stability["spearman"].mean())  # over the defined correlations (NaN: a constant map)
+    checks.append(Check("deepshap.stability", "DeepSHAP", "stability across two background samples (mean Spearman)",
+                        mean if np.isfinite(mean) else 0.0, STABILITY_THRESHOLD, "at least", SECTION_QUALITY,
                         f"Explanations move with the background sample (mean Spearman {mean:.2f} between two "
-                        "samples)."))
+                        "samples).", not_assessable="" if np.isfinite(mean) else
+                        "every map is constant, so no ranking can be compared between the two samples"))
     result.update({"stability_mean": mean, "stability_overlap": float(stability["top_overlap"].mean()),
                    "stability_threshold": STABILITY_THRESHOLD, "n_rows": len(rows)})
     return {"files": written, "checks": [c.to_json() for c in checks], **result}

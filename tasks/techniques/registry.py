@@ -86,7 +86,7 @@ TECHNIQUES: tuple[Technique, ...] = (
               clauses={**MEASURES_OUTCOMES, US: "outcomes analysis by segment",
                        EU: "Annex IV 3 accuracy for specific groups of persons"}),
     Technique("calibration", "Calibration", check_calibration, calibration_section, "calibration.html.j2",
-              "performance", reads=("model", "validation", "run_record", "card_record"), writes=("calibration",),
+              "performance", reads=("model", "train", "validation", "run_record", "card_record"), writes=("calibration",),
               checks=("calibration.ece",), clauses=MEASURES_OUTCOMES),
     Technique("fairness", "Fairness across protected groups", assess_fairness, fairness_section, "fairness.html.j2",
               "performance", reads=("model", "validation", "run_record", "card_record"),
