@@ -61,6 +61,7 @@ def earlier_run(tmp_path):
     (earlier / "data").mkdir(parents=True)
     (earlier / "report.pdf").write_bytes(b"%PDF-1.7 earlier report")
     (earlier / "data" / "train.parquet").write_bytes(b"PAR1 earlier")
+    (earlier / "run.json").write_text("{}")
     return out
 
 
@@ -84,10 +85,13 @@ def earlier_run(tmp_path):
         (["--dataset", "imagefolder:{latin1}"], "class folder b'caf\\xe9' is not valid UTF-8"),
         (["--dataset", "breast-cancer", "--model", "{tmp}/fifo.onnx"], "fifo.onnx: not a regular file"),
         (["--out", "{tmp}/" + ("d" * 200 + "/") * 20], "is too long a path: a run's files below it would pass"),
+        (["--out", "{tmp}/reports/20260101T000000Z-digits-00000000/data/new"], "is inside the run directory"),
+        (["--dataset", "csv:~no-such-user-here/x.csv", "--label", "y"], "no such user's home directory"),
     ],
     ids=["unknown-spec", "missing-dir", "no-cifar", "corrupt-image", "one-class", "explain-too-large",
          "zero-epochs", "negative-background", "two-dask-options", "dask-without-server", "huge-seed", "unknown-user",
-         "name-too-long", "out-not-utf8", "class-not-utf8", "model-fifo", "path-too-long"],
+         "name-too-long", "out-not-utf8", "class-not-utf8", "model-fifo", "path-too-long", "out-inside-a-run",
+         "dataset-unknown-user"],
 )
 def test_bad_input_is_one_clear_line_and_leaves_earlier_runs_alone(tmp_path, earlier_run, args, message):
     corrupt = write_imagefolder(tmp_path / "corrupt", {"a": 3, "b": 3})
@@ -157,8 +161,10 @@ def test_two_runs_at_once_into_one_output_directory_both_finish(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_to_the_command_alone_stops_the_run_and_says_how_to_resume(tmp_path):
-    """A supervisor or an IDE's stop button signals the CLI process only, not its group."""
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_command_alone_stops_the_run_and_says_how_to_resume(tmp_path, signal_name):
+    """A supervisor or an IDE's stop button signals the CLI process only, not its group (SIGTERM); a script's
+    background job (`&`) starts with SIGINT ignored, and `kill -INT` must still stop it."""
     import signal
     import time
 
@@ -168,13 +174,14 @@ def test_sigterm_to_the_command_alone_stops_the_run_and_says_how_to_resume(tmp_p
     env = cli_env()  # (the worker's Prefect home: its database is made once, not per test: 18 s)
     command = [sys.executable, "-m", "flows.cli", "run", "--dataset", "breast-cancer", "--epochs", "400",
                "--out", str(out)]
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if signal_name == "SIGINT" else None
     process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+                               text=True, preexec_fn=ignore)
     deadline = time.monotonic() + 120
     while not list(out.glob("*/training")):  # training has begun
         assert process.poll() is None and time.monotonic() < deadline, process.stderr.read() if process.poll() else ""
         time.sleep(0.1)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(getattr(signal, signal_name))
     stopped = time.monotonic()
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130 and time.monotonic() - stopped < 30

@@ -15,7 +15,7 @@ from tasks.report.figures import shap_image_plot, short_labels
 from tasks.report.render import render_pdf
 from tasks.run import layout
 from tasks.run.artifacts import sha256_file, write_json_atomic
-from tasks.run.errors import InputError, user_path
+from tasks.run.errors import InputError, require_utf8, user_path
 from tasks.run.verify import verify_run
 from tasks.run.formats import background_images, read_split
 
@@ -23,6 +23,7 @@ from tasks.run.formats import background_images, read_split
 def explain_image(image_path: Path, run_dir: Path, out_dir: Path) -> dict:
     """Predict `image_path` with the model of `run_dir` and explain it against that run's background."""
     image_path, run_dir = user_path(image_path), user_path(run_dir)
+    require_utf8(str(image_path), "image")  # its name reaches the PDF: refused before anything is written
     if not image_path.is_file():
         raise InputError(f"image {image_path} does not exist or is not a file")
     record, train_path = layout.path(run_dir, "model"), layout.path(run_dir, "train")
