@@ -114,7 +114,8 @@ def compliance_report(
         with progress.stage("validate the model"):
             results["model"] = resumable(model_step, run_dir)(str(config.model), *splits, run_dir,
                                                               loaded["model"]["outputs"],
-                                                              loaded["model"]["outputs_declared"])
+                                                              loaded["model"]["outputs_declared"],
+                                                              loaded["model"].get("sha256"))
     else:
         with progress.stage("train"):
             results["train"] = resumable(train_step, run_dir)(*splits, run_dir, config.epochs, config.batch_size,

@@ -23,7 +23,7 @@ from tasks.run import layout
 from tasks.run.artifacts import sha256_file
 from tasks.run.errors import InputError
 from tasks.steps.load import load_data
-from tasks.steps.supplied import capabilities, fit_data_to_model
+from tasks.steps.supplied import capabilities, fit_data_to_model, supplied_model
 from tests.conftest import run_report, write_cifar10
 
 
@@ -392,7 +392,6 @@ def test_an_onnx_model_with_its_weights_in_external_data_is_copied_whole_into_th
     import onnx
     import pandas as pd
 
-    from tasks.steps.supplied import supplied_model
 
     rng = np.random.default_rng(0)
     frame = pd.DataFrame(rng.normal(size=(80, 4)), columns=list("abcd")).assign(label=lambda f: (f.a > 0).astype(int))
@@ -415,3 +414,21 @@ def test_an_onnx_model_with_its_weights_in_external_data_is_copied_whole_into_th
     expected = open_model(user / "scorecard.onnx").run(x)
     (user / "scorecard.weights").unlink()  # the copy must not need it
     np.testing.assert_array_equal(open_model(run_dir / record["file"]).run(x), expected)
+
+
+class ReturnsNaN(nn.Module):
+    def forward(self, x):
+        return x[:, :2] * float("nan")
+
+
+def test_a_model_file_swapped_between_the_load_and_the_model_step_is_refused(tmp_path):
+    """The load step checks the file; the model step copies it and must use exactly the bytes that were checked."""
+    path = export(mlp(30, 2), torch.rand(2, 30), tmp_path / "model.pt2")
+    loaded = load_data("breast-cancer", tmp_path / "out", seed=0, val_fraction=0.2, model=path)
+    run_dir = Path(loaded["run_dir"])
+    assert loaded["model"]["sha256"] == sha256_file(path)
+    export(ReturnsNaN(), torch.rand(2, 30), path)  # swapped in after the check: a model returning NaN
+    with pytest.raises(InputError, match="changed after it was checked"):
+        supplied_model(str(path), str(layout.path(run_dir, "train")), str(layout.path(run_dir, "validation")),
+                       str(run_dir), "logits", checked_sha256=loaded["model"]["sha256"])
+    assert not layout.path(run_dir, "model").exists()  # no record of a model the run did not check

@@ -38,7 +38,9 @@ LUMINANCE = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # RGB -> gray (IT
 
 
 def fit_data_to_model(data: Dataset, path: Path, outputs: str | None) -> tuple[Dataset, dict]:
-    """The dataset in the model's input shape, and facts about the model on it; InputError for what cannot work."""
+    """The dataset in the model's input shape, and facts about the model on it (its SHA-256 among them: the model
+    step uses a copy with these very bytes); InputError for what cannot work."""
+    checked = sha256_file(path)
     model = open_model(path)
     notes = []
     if data.modality == "image":
@@ -69,7 +71,10 @@ def fit_data_to_model(data: Dataset, path: Path, outputs: str | None) -> tuple[D
     kind = detect_outputs(raw, outputs, path)
     if notes:
         data.provenance = {**data.provenance, "fitted to the model": "; ".join(notes)}
-    return data, {"format": model.format, "outputs": kind, "outputs_declared": outputs is not None}
+    if sha256_file(path) != checked:
+        raise InputError(f"--model {path} changed while it was being checked: give a file nothing is writing")
+    return data, {"format": model.format, "outputs": kind, "outputs_declared": outputs is not None,
+                  "sha256": checked}
 
 
 def _columns_by_name(data: Dataset, names: list[str], path: Path) -> tuple[Dataset, str]:
@@ -126,8 +131,10 @@ def write_self_contained_onnx(model: ModelFile, path: Path) -> None:
 
 
 def supplied_model(model_path: str, train_path: str, validation_path: str, run_dir: str, outputs: str,
-                   outputs_declared: bool = False) -> dict:
-    """Copy the model into the run, record what it allows, and measure it on all the data."""
+                   outputs_declared: bool = False, checked_sha256: str | None = None) -> dict:
+    """Copy the model into the run, record what it allows, and measure it on all the data. The copy is what is used
+    from here on, and it must hold the bytes the load step checked (`checked_sha256`): a file swapped in between
+    is refused, not used unchecked."""
     run_dir, source = Path(run_dir), Path(model_path)
     model = open_model(source)
     copy = layout.path(run_dir, MODEL_FILES[model.format])
@@ -137,6 +144,11 @@ def supplied_model(model_path: str, train_path: str, validation_path: str, run_d
             write_self_contained_onnx(model, tmp)
         else:
             shutil.copyfile(source, tmp)
+        used = sha256_file(tmp if not external else source)
+        if checked_sha256 is not None and used != checked_sha256:
+            raise InputError(f"--model {source} changed after it was checked (SHA-256 {checked_sha256[:12]}... "
+                             f"then {used[:12]}...): the run does not use a model it has not checked")
+    model = open_model(copy, model.format) if not external else model  # the checked copy, not the user's file
     train, val = read_split(train_path), read_split(validation_path)
     record = {"source": "supplied", "format": model.format, "file": layout.FILES[MODEL_FILES[model.format]],
               "original_path": str(source), "sha256": sha256_file(copy), "size_bytes": copy.stat().st_size,
@@ -146,6 +158,9 @@ def supplied_model(model_path: str, train_path: str, validation_path: str, run_d
               "parameters": int(sum(v.size for v in model.parameters.values())), "operations": model.operations}
     every = np.concatenate([train.inputs, val.inputs])
     raw = model.run(every)  # once: the conversion check's reference and the metrics' predictions
+    if not np.isfinite(raw).all():  # (the load step checked the same bytes; a model may still vary run to run)
+        raise InputError(f"--model {source} returns NaN or infinite outputs on "
+                         f"{int((~np.isfinite(raw)).any(1).sum())} of {len(raw)} rows")
     if model.format == "onnx":
         record["conversion"] = check_conversion(model, every, raw)
     record["capabilities"] = capabilities(model, train.inputs[:2], outputs)
