@@ -432,3 +432,25 @@ def test_a_model_file_swapped_between_the_load_and_the_model_step_is_refused(tmp
         supplied_model(str(path), str(layout.path(run_dir, "train")), str(layout.path(run_dir, "validation")),
                        str(run_dir), "logits", checked_sha256=loaded["model"]["sha256"])
     assert not layout.path(run_dir, "model").exists()  # no record of a model the run did not check
+
+
+def test_an_image_model_given_a_table_and_a_model_declaring_huge_inputs_are_named(tmp_path):
+    """The digits CNN on table data is refused as an image model, not as "takes 1 features"; an ONNX file that
+    declares 100000x100000 inputs is refused before anything allocates for it."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    cnn = nn.Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2))
+    path = tmp_path / "cnn.pt2"
+    torch.export.save(torch.export.export(cnn.eval(), (torch.rand(2, 1, 8, 8),), dynamic_shapes=(
+        {0: torch.export.Dim.AUTO, 2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO},)), str(path))
+    with pytest.raises(InputError, match=r"\(images: channels, height, width\); dataset breast-cancer is a table"):
+        load_data("breast-cancer", tmp_path / "out", seed=0, val_fraction=0.2, model=path)
+    graph = helper.make_graph([helper.make_node("ReduceSum", ["x"], ["y"], axes=[2], keepdims=0)], "huge",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 100000, 100000])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 100000])])
+    huge = tmp_path / "huge.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)]), str(huge))
+    with pytest.raises(InputError, match=r"10,000,000,000 values per row, over the 300,000,000"):
+        load_data("breast-cancer", tmp_path / "out", seed=0, val_fraction=0.2, model=huge)
+    assert not (tmp_path / "out").exists()

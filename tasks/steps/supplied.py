@@ -13,6 +13,7 @@ baselines come from, ``validation``: the rows explained, ``all``) at epoch 0, an
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import pandas as pd
 import torch
 
 from tasks.data.dataset import Dataset
-from tasks.data.images import resize_images
+from tasks.data.images import MAX_SOURCE_PIXELS, resize_images
 from tasks.deepshap.engine import model_engine
 from tasks.deepshap.graph import UnsupportedModelError
 from tasks.model.run_model import RunModel, detect_outputs, write_record
@@ -34,6 +35,7 @@ from tasks.steps.train import classification_metrics
 
 MODEL_FILES = {"torch.export": "model_pt2", "torchscript": "model_torchscript", "onnx": "model_onnx",
                "safetensors": "weights"}  # format -> the layout key of its copy in the run directory
+MAX_INPUT_VALUES = 3 * MAX_SOURCE_PIXELS  # per row: a model declaring more would need terabytes for a batch
 LUMINANCE = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # RGB -> gray (ITU-R BT.601)
 
 
@@ -43,6 +45,13 @@ def fit_data_to_model(data: Dataset, path: Path, outputs: str | None) -> tuple[D
     checked = sha256_file(path)
     model = open_model(path)
     notes = []
+    declared = [d for d in model.input_shape if d is not None]
+    if declared and math.prod(declared) > MAX_INPUT_VALUES:
+        raise InputError(f"--model {path} declares inputs of shape {_shape(model.input_shape)}: "
+                         f"{math.prod(declared):,} values per row, over the {MAX_INPUT_VALUES:,} the pipeline takes")
+    if data.modality == "table" and len(model.input_shape) > 1:
+        raise InputError(f"--model {path} takes inputs of shape {_shape(model.input_shape)} (images: channels, "
+                         f"height, width); dataset {data.name} is a table of {data.inputs.shape[1]} columns")
     if data.modality == "image":
         data.inputs, notes = _fit_images(data.inputs, model.input_shape, path)
     elif model.column_inputs:
