@@ -10,7 +10,8 @@ import time
 from prefect import task
 
 from tasks.run import layout
-from tasks.run.errors import InputError, StorageError
+from tasks.run.checks import Check
+from tasks.run.errors import InputError, NonFiniteOutputs, StorageError
 from tasks.run.resume import check_recorded_files, input_hash_key
 
 WALL_SECONDS = "wall_seconds"  # the key of a step's own wall time in its result
@@ -27,6 +28,8 @@ def step(fn, name: str, **options):
         started = time.perf_counter()
         try:
             result = fn(*args, **kwargs)
+        except NonFiniteOutputs as exc:  # on inputs the step made: a finding of the run, not a crash of the step
+            result = non_finite_result(name, exc)
         except (InputError, StorageError) as exc:  # one line for the user, with the step's name
             raise type(exc)(f"{name} step: {exc}") from None
         except Exception as exc:
@@ -35,6 +38,18 @@ def step(fn, name: str, **options):
             result[WALL_SECONDS] = round(time.perf_counter() - started, 3)
         return result
     return task(run, name=name, **options)
+
+
+def non_finite_result(name: str, exc: NonFiniteOutputs) -> dict:
+    """The result of a step whose model returned NaN or infinity on inputs it made: its section says so, and a
+    material finding counts them; nothing was scored."""
+    check = Check("model.finite_outputs", "Model outputs", f"inputs made by {name} with NaN or infinite outputs",
+                  exc.count, 0, "at most", "3. Performance and testing",
+                  f"The model returned NaN or infinite outputs on {exc.count} of {exc.total} inputs that the {name} "
+                  "step made (perturbed, masked or sampled rows, none of them a real row); they were not scored.",
+                  unit="count")
+    return {"skipped": f"Not completed: {exc} that this step made (perturbed, masked or sampled rows); they are "
+                       "not scored, and the findings register counts them.", "checks": [check.to_json()]}
 
 
 def timings(results: dict) -> dict[str, float]:

@@ -220,3 +220,33 @@ def test_a_well_trained_table_model_is_not_called_unfit(prefect_server, tmp_path
         assert checks[floor]["status"] == "passed", floor
     page_one = " ".join(PdfReader(result["pdf"]).pages[0].extract_text().split())
     assert result["verdict"] in page_one and "0 material" in page_one
+
+
+class NaNOffTheData(nn.Module):
+    """A working linear model that returns NaN for any row with a negative feature: no real breast-cancer row
+    has one, but perturbed rows do."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(30, 2)
+
+    def forward(self, x):
+        scores = self.layer(x)
+        return torch.where((x < 0).any(1, keepdim=True), torch.full_like(scores, float("nan")), scores)
+
+
+@pytest.mark.slow
+def test_nan_on_perturbed_inputs_is_a_counted_material_finding_never_a_score(prefect_server, tmp_path):
+    torch.manual_seed(0)
+    model = export(NaNOffTheData(), 30, tmp_path / "nan.pt2")
+    card = write_card(tmp_path / "card.yaml", intended_use="Screening", materiality="medium",
+                      evaluation_data="independent")
+    state, result = run_report(tmp_path / "runs", dataset="breast-cancer", model=str(model), model_card=str(card),
+                               background=10, explain_rows=4)
+    robustness = result["results"]["robustness"]
+    assert robustness["skipped"].startswith("Not completed: the model returned NaN or infinite outputs on ")
+    (finite,) = robustness["checks"]
+    assert finite["id"] == "model.finite_outputs" and finite["value"] > 0 and finite["severity"] == MATERIAL
+    assert result["verdict"] == NOT_FIT and not layout.path(result["run_dir"], "robustness").exists()
+    text = pdf_text(result["pdf"])
+    assert "Robustness to perturbations Not completed: the model returned NaN" in text

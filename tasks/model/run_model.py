@@ -22,7 +22,7 @@ from torch import nn
 from tasks.model.supplied import ModelFile, StaticBatch, convert_onnx, open_model
 from tasks.run import layout
 from tasks.run.artifacts import sha256_file, write_json_atomic
-from tasks.run.errors import InputError
+from tasks.run.errors import InputError, NonFiniteOutputs
 
 CAPABILITIES = {
     "torch_graph": "a differentiable torch graph (gradient methods)",
@@ -42,8 +42,13 @@ class RunModel:
         return self.record["outputs"] == "logits"
 
     def predict_proba(self, inputs: np.ndarray) -> np.ndarray:
-        """Class probabilities (n, K), float64: what every explanation explains."""
-        return self.probabilities(self.file.run(inputs))
+        """Class probabilities (n, K), float64: what every explanation explains. NonFiniteOutputs when any row's
+        output is NaN or infinite: such a row cannot be scored (as class 0, say) without saying so."""
+        outputs = self.file.run(inputs)
+        bad = ~np.isfinite(outputs).all(axis=1) if outputs.ndim == 2 else ~np.isfinite(outputs)
+        if bad.any():
+            raise NonFiniteOutputs(int(bad.sum()), len(outputs))
+        return self.probabilities(outputs)
 
     def probabilities(self, outputs: np.ndarray) -> np.ndarray:
         """The class probabilities of the model's raw outputs."""

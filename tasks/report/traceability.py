@@ -34,7 +34,7 @@ CORE = (
     Trace("2. Data", (), {
         US: "conceptual soundness: data quality and relevance",
         EU: "Annex IV 2(d) data requirements and provenance; Art. 10", UK: "principle 3 (data used in development)"}),
-    Trace("2. Model and training (or the model under validation)", (), {
+    Trace("2. Model and training (or the model under validation)", ("model.finite_outputs",), {
         US: "conceptual soundness: design and construction; validation of the model in use",
         EU: "Annex IV 2(a)-(c) development, design, architecture", UK: "principle 3 (model development)"}),
     Trace("3. Validation metrics and confusion matrix", (), {

@@ -40,6 +40,15 @@ def user_path(value, what: str = "path", resolve: bool = True) -> Path:
     return path.resolve() if resolve else path
 
 
+class NonFiniteOutputs(InputError):
+    """The model returned NaN or infinity on inputs a technique made (perturbed, masked or sampled rows): they are
+    never scored; a step reports them as a finding instead (flows/steps.py), a command in one line."""
+
+    def __init__(self, count: int, total: int):
+        super().__init__(f"the model returned NaN or infinite outputs on {count} of {total} inputs")
+        self.count, self.total = count, total
+
+
 class StorageError(Exception):
     """A run's file could not be written: its file system is full, read-only or refuses the name. The command line
     prints the message alone (naming the file) with how to finish the run once that is mended."""
