@@ -216,6 +216,24 @@ def test_a_report_edited_and_re_manifested_passes_verify_but_not_its_seal(flow_r
     manifest_rewritten()
     assert seal_differences(run_dir)[0].startswith(f"the Prefect server holds 2 seals for flow run "
                                                    f"{manifest['flow_run']['id']}: a run makes one")
+    # Every seal deleted through the API and one re-created with the edited files' hashes: made after the run ended
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    forged = [{"run": run_dir.name, "file": f, "sha256": sha256_file(run_dir / f)} for f in ("report.pdf",
+                                                                                            "manifest.json")]
+
+    async def replace_seals():
+        async with get_client() as client:
+            for artifact in await client.read_artifacts(artifact_filter=ArtifactFilter(
+                    key=ArtifactFilterKey(any_=["run-seal"]))):
+                if str(artifact.flow_run_id) == manifest["flow_run"]["id"]:
+                    await client.delete_artifact(artifact.id)
+            await client.create_artifact(ArtifactCreate(key="run-seal", type="table", data=json.dumps(forged),
+                                                        flow_run_id=manifest["flow_run"]["id"]))
+
+    asyncio.run(replace_seals())
+    (problem,) = seal_differences(run_dir)
+    assert "and the flow run" in problem and "a seal is made by the run itself before it ends" in problem
 
 
 @pytest.mark.slow

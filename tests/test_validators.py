@@ -215,6 +215,24 @@ def test_image_groups_come_from_a_metadata_file_keyed_by_file_name(tmp_path):
         load_dataset(f"imagefolder:{folder}", None, ("site",), metadata)
 
 
+def test_group_values_that_read_the_same_or_would_merge_are_refused(tmp_path):
+    from tasks.data.sources import load_dataset
+    from tests.conftest import write_imagefolder
+
+    for sex, message in ((["female", "female\u200b", "male", "male", "female", "male"], "read the same"),
+                         (["missing", None, "male", "male", "female", "male"], "holds the value 'missing' and empty")):
+        path = tmp_path / "t.csv"
+        pd.DataFrame({"x1": np.arange(6.0), "sex": sex, "y": [0, 1, 0, 1, 0, 1]}).to_csv(path, index=False)
+        with pytest.raises(InputError, match=message):
+            load_dataset(f"csv:{path}", "y", ("sex",))
+    folder = write_imagefolder(tmp_path / "images", {"cat": 3, "dog": 3})  # both folders hold 0.png, 1.png, ...
+    names = sorted({p.name for p in folder.rglob("*.png")})
+    metadata = tmp_path / "meta.csv"
+    metadata.write_text("file,site\n" + "".join(f"{name},north\n" for name in names))
+    with pytest.raises(InputError, match="names several rows"):
+        load_dataset(f"imagefolder:{folder}", None, ("site",), metadata)
+
+
 def test_an_owner_challenger_in_onnx_gives_its_probabilities_and_a_wrong_one_is_refused(tmp_path):
     from sklearn.linear_model import LogisticRegression
 

@@ -11,11 +11,13 @@ group "missing" (so is an empty one), a row the metadata does not name the group
 
 from __future__ import annotations
 
+import collections
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
+from tasks.data.dataset import lookalikes
 from tasks.run.errors import InputError, first_line
 
 KEY = "file"
@@ -26,8 +28,17 @@ MAX_GROUPS = 50  # more distinct values than this looks like an identifier, not 
 
 def group_values(column: pa.ChunkedArray, name: str, source: str) -> list[str]:
     """A column's values as group names (text), "missing" for nulls; InputError for too many distinct ones."""
-    values = [MISSING if v is None or not str(v).strip() else str(v) for v in column.to_pylist()]
+    raw = column.to_pylist()
+    empty = [v is None or not str(v).strip() for v in raw]
+    if any(empty) and MISSING in {str(v) for v, e in zip(raw, empty) if not e}:
+        raise InputError(f"{source}: protected column {name!r} holds the value {MISSING!r} and empty cells, which "
+                         f"would be merged into one group {MISSING!r}; rename the value")
+    values = [MISSING if e else str(v) for v, e in zip(raw, empty)]
     distinct = set(values)
+    if clash := lookalikes(sorted(distinct)):
+        raise InputError(f"{source}: protected column {name!r} has groups {clash[0]!r} and {clash[1]!r}, which read "
+                         "the same in a report (they differ only in invisible, spacing or compatibility characters); "
+                         "make them one value or rename one")
     if len(distinct) > MAX_GROUPS:
         raise InputError(f"{source}: protected column {name!r} has {len(distinct)} distinct values; a protected "
                          f"attribute has at most {MAX_GROUPS} groups (bin a continuous one first)")
@@ -56,6 +67,11 @@ def metadata_groups(path: Path, protected: tuple[str, ...], source_ids: list[str
         raise InputError(f"--metadata {path}: the {KEY!r} column names some rows twice")
     index = {k: i for i, k in enumerate(keys)}
     found = [_lookup(index, sid) for sid in source_ids]
+    named_twice = collections.Counter(i for i in found if i is not None)
+    if twice := next((keys[i] for i, count in named_twice.items() if count > 1), None):
+        rows = [sid for sid, i in zip(source_ids, found) if i is not None and keys[i] == twice][:3]
+        raise InputError(f"--metadata {path}: the {KEY!r} value {twice!r} names several rows ({', '.join(rows)}); "
+                         "name each row once, e.g. with its class folder (class/file.png)")
     if all(i is None for i in found):
         raise InputError(f"--metadata {path}: no {KEY!r} value names a row of the dataset (for example "
                          f"{source_ids[0].split(':', 1)[-1]!r})")

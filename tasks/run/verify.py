@@ -45,6 +45,8 @@ SEAL_KEY = "run-seal"  # the Prefect artifact of a finished run: the SHA-256 of 
 class Seal(NamedTuple):
     rows: list[dict]  # {"run", "file", "sha256"} for report.pdf and manifest.json
     changed: datetime | None  # when it was updated through the API after it was made (None: never)
+    created: datetime | None = None  # when the server recorded it
+    run_ended: datetime | None = None  # when its flow run ended (None: it has not)
 
 
 def seal_differences(run_dir: Path) -> list[str]:
@@ -66,6 +68,11 @@ def seal_differences(run_dir: Path) -> list[str]:
     if seals[0].changed:
         problems.append(f"the seal of flow run {flow_run_id} was changed through the API on "
                         f"{seals[0].changed:%Y-%m-%d %H:%M} UTC, after the run made it")
+    if seals[0].created is None or seals[0].run_ended is None or seals[0].created > seals[0].run_ended:
+        made = f"{seals[0].created:%Y-%m-%d %H:%M:%S} UTC" if seals[0].created else "at an unknown time"
+        ended = f"{seals[0].run_ended:%Y-%m-%d %H:%M:%S} UTC" if seals[0].run_ended else "has not ended"
+        problems.append(f"the seal of flow run {flow_run_id} was made {made}, and the flow run {ended}: a seal is "
+                        "made by the run itself before it ends (this one was added through the API)")
     sealed = {layout.FILES["report"], layout.FILES["manifest"]}
     if sorted(str(row.get("file")) for row in seals[0].rows) != sorted(sealed):
         problems.append(f"the seal of flow run {flow_run_id} does not list {' and '.join(sorted(sealed))} once each")
@@ -91,20 +98,27 @@ def _read_seals(flow_run_id: str) -> list[Seal]:
 
     async def query():
         async with get_client() as client:
-            return await client.read_artifacts(
+            artifacts = await client.read_artifacts(
                 artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[SEAL_KEY]),
                                                flow_run_id=ArtifactFilterFlowRunId(any_=[uuid.UUID(flow_run_id)])),
                 sort=ArtifactSort.CREATED_DESC)
+            try:
+                ended = (await client.read_flow_run(uuid.UUID(flow_run_id))).end_time
+            except Exception:  # noqa: BLE001 - a flow run the server does not know: no end to compare with
+                ended = None
+            return artifacts, ended
 
     seals = []
-    for artifact in reversed(asyncio.run(query())):
+    artifacts, ended = asyncio.run(query())
+    for artifact in reversed(artifacts):
         try:
             rows = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
         except ValueError:
             rows = None
         changed = (artifact.updated if artifact.updated and artifact.created
                    and (artifact.updated - artifact.created).total_seconds() > 1 else None)
-        seals.append(Seal([row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else [], changed))
+        seals.append(Seal([row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else [], changed,
+                          artifact.created, ended))
     return seals
 
 
