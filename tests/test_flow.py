@@ -254,10 +254,15 @@ def test_a_breast_cancer_report_has_every_technique_for_tables(table_flow_result
     assert flow_run.name == f"breast_cancer_sites-{flow_run.expected_start_time:%Y-%m-%d}"
     text = pdf_text(result["pdf"])
     for section in SECTIONS + ("Misclassified rows", "Partial dependence and ICE", "Features (training split)",
-                               "Reason codes for 'malignant'", "Reference MLP", "Parity difference", "by site",
+                               "Reason codes for '", "Reference MLP", "Demographic parity difference", "by site",
                                "the positive class 'malignant'"):
         assert section in text, section
     assert "mean radius" in text and "image region" not in text  # feature names flow into the report
+    # Reason codes explain the decision taken: the predicted class, negative predictions included
+    flat = " ".join(text.split())
+    decisions = re.findall(r"predicted (\w+) \([\d.]+%\)[^;]*; additivity error \S+ Reason codes for '(\w+)'", flat)
+    assert decisions and all(predicted == explained for predicted, explained in decisions), decisions
+    assert "Base-rate ratio (labels)" in text and "Equal opportunity difference" in text
     assert "Gaussian noise" in text and "replaced by its training mean" in text
     assert "Protected attributes (section 3, fairness): site; not among the model's features" in text
     checks = {c["id"]: c for c in json.loads((Path(result["run_dir"]) / "manifest.json").read_text())["checks"]}

@@ -158,10 +158,13 @@ def test_the_traceability_table_lists_every_check_exactly_once():
 
     declared = [c for trace in traces() for c in trace.checks]
     assert len(declared) == len(set(declared))
-    made = set()  # every check id the code can make: the first argument of each Check(...) in tasks/
-    for path in (ROOT / "tasks").rglob("*.py"):
+    made = set()  # every check id the code can make: the first argument of each Check(...) in tasks/ and flows/
+    for path in [*(ROOT / "tasks").rglob("*.py"), *(ROOT / "flows").rglob("*.py")]:
         made |= set(re.findall(r'Check\(\s*"([a-z_.-]+)"', path.read_text()))
     assert made and made == set(declared)
+    from tasks.run.checks import SEVERITIES, SEVERITY_LEVELS
+
+    assert set(SEVERITIES) == made and set(SEVERITIES.values()) <= set(SEVERITY_LEVELS)  # each has a severity
     assert all(len(trace.clauses) == 3 for trace in traces()[len(CORE):])
     assert set(OWNER_CLAUSES) == set(OWNER_ITEMS)
 

@@ -43,8 +43,8 @@ def evidence(check: Check, results: dict, run_dir: Path) -> tuple[str, str]:
     owner = next((t.name for t in registry.TECHNIQUES if check.id in t.checks), None)
     source = {"deepshap.additivity": "deepshap", "comparison.data-shift": "compare",
               "governance.monitoring_plan": "model-card"}.get(check.id, owner)
-    files = (results.get(source) or {}).get("files") or {}
-    ref = next(iter(files.values()), None)
+    files = list(((results.get(source) or {}).get("files") or {}).values())
+    ref = next((f for f in files if str(f["path"]).endswith(".parquet")), files[0] if files else None)
     if not ref:
         return "", ""
     path = Path(ref["path"])

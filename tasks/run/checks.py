@@ -27,7 +27,7 @@ SEVERITIES = {  # check id -> the severity of its finding when it fails (a model
     "challenger.margin": MODERATE, "robustness.min_strength": MODERATE, "comparison.data-shift": MODERATE,
     "integrated-gradients.completeness": MINOR, "kernel-shap.additivity": MINOR, "deepshap.randomisation": MINOR,
     "deepshap.deletion": MINOR, "deepshap.insertion": MINOR, "deepshap.stability": MINOR,
-    "method-agreement.disagreement": MINOR, "governance.monitoring_plan": MODERATE,
+    "method-agreement.disagreement": MINOR, "governance.monitoring_plan": MODERATE, "data.leakage": MODERATE,
 }
 PASSED, FAILED, NOT_ASSESSABLE = "passed", "failed", "not assessable"
 

@@ -33,6 +33,7 @@ FIELDS = {  # key in the YAML file -> heading in the report
     "out_of_scope_uses": "Out-of-scope uses",
     "limitations": "Limitations",
     "risk_tier": "Risk tier",
+    "favourable_outcome": "Favourable outcome",  # the class that is good for the person (fairness' selection)
     "materiality": "Materiality",  # low | medium | high: how deep the review goes (MATERIALITY)
     "revalidation_triggers": "Revalidation triggers",  # events that call for a new validation
     # Where a supplied model's evaluation data comes from (LINEAGES): in-sample data is a material finding

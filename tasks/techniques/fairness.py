@@ -18,6 +18,9 @@ ratio with their intervals).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 from fairlearn.metrics import (MetricFrame, count, demographic_parity_difference, demographic_parity_ratio,
@@ -58,11 +61,17 @@ def group_fairness(labels: np.ndarray, predicted: np.ndarray, groups: list[str],
                             y_true=y_true, y_pred=y_pred, sensitive_features=groups)
         for group, row in frame.by_group.iterrows():
             per_group.append({"group": str(group), "class_name": class_names[k], "support": int(row["support"]),
-                              "accuracy": float(overall[group]), "selection_rate": float(row["selection_rate"]),
+                              "accuracy": float(overall[group]), "base_rate": float(y_true[groups == group].mean()),
+                              "selection_rate": float(row["selection_rate"]),
                               "tpr": float(row["tpr"]), "fpr": float(row["fpr"])})
         intervals = bootstrap_parity(y_true, y_pred, codes, len(levels), resamples)
+        base = np.array([y_true[codes == g].mean() for g in range(len(levels))])
+        found = [y_pred[(codes == g) & (y_true == 1)].mean() for g in range(len(levels))
+                 if ((codes == g) & (y_true == 1)).any()]  # each group's true positive rate
         summary.append({
             "class_name": class_names[k],
+            "base_rate_ratio": float(base.min() / base.max()) if base.max() > 0 else float("nan"),
+            "eop_difference": float(np.ptp(found)) if found else float("nan"),  # equal opportunity: TPR gap
             "dp_difference": float(demographic_parity_difference(y_true, y_pred, sensitive_features=groups)),
             "dp_ratio": float(demographic_parity_ratio(y_true, y_pred, sensitive_features=groups)),
             "eo_difference": float(equalized_odds_difference(y_true, y_pred, sensitive_features=groups)),
@@ -138,7 +147,10 @@ def assess_fairness(run_dir: str, files: dict[str, str], seed: int) -> dict:
               f"{len(low_ratio)} attribute and class pair(s) fail the four-fifths rule.",
               details=tuple(f"Fairness: by {r.attribute}, the selection rate of '{r.class_name}' in the least selected "
                             f"group is {r.dp_ratio:.2f} of the most selected (95% CI {r.dp_ratio_low:.2f} to "
-                            f"{r.dp_ratio_high:.2f})." for r in low_ratio.itertuples())),
+                            f"{r.dp_ratio_high:.2f}); in the labels themselves the ratio of base rates is "
+                            f"{r.base_rate_ratio:.2f}"
+                            + (", so the model is closer to parity than the outcomes it predicts." if r.dp_ratio >=
+                               r.base_rate_ratio else ".") for r in low_ratio.itertuples())),
         Check("fairness.equalized_odds", "Fairness", "equalized odds difference", float(summary["eo_difference"].max()),
               eo_bound, "at most", SECTION_PERFORMANCE,
               f"{len(high_eo)} attribute and class pair(s) have an equalized odds difference over {eo_bound}.",
@@ -148,7 +160,11 @@ def assess_fairness(run_dir: str, files: dict[str, str], seed: int) -> dict:
     ]
     written = {"fairness_groups": write_frame(layout.path(run_dir, "fairness_groups"), per_group),
                "fairness": write_frame(layout.path(run_dir, "fairness"), summary)}
+    card = json.loads(Path(files["card_record"]).read_text())
+    favourable = next((f["value"] for f in card.get("fields", []) if f["key"] == "favourable_outcome"
+                       and not f["missing"]), None)
     return {"files": written, "checks": [c.to_json() for c in checks], "attributes": list(val.groups),
+            "favourable": favourable,
             "too_small": too_small, "positive": val.class_names[positive] if positive is not None else None,
             "n_rows": len(val.labels), "min_group_rows": MIN_GROUP_ROWS}
 

@@ -20,6 +20,7 @@ from tasks.report.sections import global_shap_section
 from tasks.techniques.agreement import agreement_section, measure_agreement
 from tasks.techniques.calibration import calibration_section, check_calibration
 from tasks.techniques.challenger import challenger_section, compare_with_challenger
+from tasks.techniques.data_quality import assess_data_quality, data_quality_section
 from tasks.techniques.fairness import assess_fairness, fairness_section
 from tasks.techniques.faithfulness import check_faithfulness, faithfulness_section
 from tasks.techniques.floors import check_floors, floors_section
@@ -73,6 +74,12 @@ MEASURES_OUTCOMES = {US: "outcomes analysis", EU: "Annex IV 2(g) accuracy metric
                      UK: "principle 4 (independent validation)"}
 
 TECHNIQUES: tuple[Technique, ...] = (
+    Technique("data-quality", "Data quality", assess_data_quality, data_quality_section, "data_quality.html.j2",
+              "design", reads=("model", "train", "validation", "card_record"), writes=("data_quality",),
+              checks=("data.leakage",),
+              clauses={US: "conceptual soundness: data quality and relevance",
+                       EU: "Annex IV 2(d) data requirements; Art. 10(2)-(3) data governance, examination for bias",
+                       UK: "principle 3 (data used in development)"}),
     Technique("weights", "Weights and biases", inspect_weights, weights_section, "weights.html.j2",
               "design", reads=("model",), writes=("weight_statistics",),
               clauses={US: "conceptual soundness: design and construction",
