@@ -44,7 +44,7 @@ model_step = step(supplied_model, "model")
 model_card_step = step(store_model_card, "model-card")
 compare_step = step(compare_runs, "compare")
 report_step = step(render_report, "report")
-FINDINGS_STATE, FINDINGS_TAG = "Completed with findings", "findings"
+FINDINGS_TAG = "findings"  # a run whose report has failed checks; its verdict is a tag too (verdict_tag)
 
 
 def flow_run_name() -> str:
@@ -160,19 +160,26 @@ def compliance_report(
               "checks_failed": report["checks_failed"], "n_checks": report["n_checks"], "failed": report["failed"],
               "limitations": report["limitations"], "verdict": report["verdict"]["verdict"], "results": results}
     progress.done(f"done: {report['verdict']['verdict']}")
-    return with_findings(result) if report["failed"] else Completed(message=result["verdict"], data=result)
+    return completed_with_verdict(result)
 
 
-def with_findings(result: dict) -> State:
-    """A run whose report failed checks ends Completed (the report is made) under a name that says so, and is
-    tagged `findings`: the UI's run list and filters show it without opening the run."""
+def verdict_tag(verdict: str) -> str:
+    """The verdict as a flow run tag: "verdict: not fit for use"."""
+    return "verdict: " + verdict.split(":")[0].lower()
+
+
+def completed_with_verdict(result: dict) -> State:
+    """The run ends Completed (the report is made), its message the verdict and the failed checks, tagged with the
+    verdict and, where checks failed, `findings`. The state keeps Prefect's own name: the UI's run lists (a
+    deployment's Runs tab among them) leave out states with custom names (PrefectHQ/prefect#12006)."""
     from prefect.client.orchestration import get_client
 
+    tags = {*flow_run.tags, verdict_tag(result["verdict"]), *([FINDINGS_TAG] if result["failed"] else [])}
     with get_client(sync_client=True) as client:  # (the run's own tags are in its context: no read)
-        client.update_flow_run(flow_run.get_id(), tags=sorted({*flow_run.tags, FINDINGS_TAG}))
-    message = (f"{result['verdict']}. {result['checks_failed']} of {result['n_checks']} checks failed: "
-               f"{'; '.join(result['failed'])}. The findings register is in section 5")
-    return Completed(name=FINDINGS_STATE, message=message, data=result)
+        client.update_flow_run(flow_run.get_id(), tags=sorted(tags))
+    failed = (f" {result['checks_failed']} of {result['n_checks']} checks failed: {'; '.join(result['failed'])}."
+              if result["failed"] else f" All {result['n_checks']} checks passed or are listed as not assessable.")
+    return Completed(message=f"{result['verdict']}.{failed} The findings register is in section 5", data=result)
 
 
 def shap_on_deployment(name: str, parameters: dict) -> dict:

@@ -167,7 +167,13 @@ def test_the_report_opens_from_the_flow_run_page_in_a_browser(stack, deployed_ru
             page.goto(f"{base}/runs/flow-run/{parent['id']}", wait_until="networkidle")
             body = page.inner_text("body")
             assert parent["name"] in body and parent["state_name"] in body and "compliance_report" in body
+            assert parent["state_name"] == "Completed" and "verdict: " in body  # the verdict, as a tag
             page.screenshot(path=shots / "flow-run.png")  # kept as a test output
+            # The deployment's Runs tab lists the run (a custom state name would leave it out: prefect#12006)
+            page.goto(f"{base}/deployments/deployment/{parent['deployment_id']}", wait_until="networkidle")
+            page.get_by_text(parent["name"]).first.wait_for()
+            page.screenshot(path=shots / "deployment-runs.png")
+            page.goto(f"{base}/runs/flow-run/{parent['id']}", wait_until="networkidle")
             page.get_by_text("Artifacts", exact=True).click()
             for key in ("report-pdf", "compliance-summary", "validation-metrics"):
                 page.locator("a", has_text=key).wait_for()
