@@ -3,13 +3,16 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: report test test-fast bench clean-venv
+.PHONY: venv report test test-fast bench clean-venv
 
 $(BIN)/accountability: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
+
+## Create .venv from the pinned constraints (every other target does it when it is missing).
+venv: $(BIN)/accountability
 
 ## Run the default compliance report (built-in digits data and the demo's model card, local ephemeral Prefect).
 report: $(BIN)/accountability

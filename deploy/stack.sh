@@ -30,6 +30,8 @@ if [ -n "${PREFECT_SERVER_API_AUTH_STRING:-}" ]; then  # a protected API: this s
 fi
 CURL_AUTH=()
 [ -n "${PREFECT_API_AUTH_STRING:-}" ] && CURL_AUTH=(-u "$PREFECT_API_AUTH_STRING")
+# `status` and `down` read what `up` started (its postgres.pid), not this shell's DATABASE
+if [ -z "${DATABASE:-}" ] && [ "${1:-}" != up ] && [ -f "$STACK_DIR/postgres.pid" ]; then DATABASE=postgres; fi
 DATABASE=${DATABASE:-sqlite}
 PG_PORT=${PG_PORT:-$((PORT + 2))}
 PG_DATA=${PG_DATA:-$STACK_DIR/postgres}
@@ -138,14 +140,19 @@ status() {  # exit 0 when every process runs and the server answers, else 1
   for name in "${NAMES[@]}"; do
     if alive "$name"; then echo "$name: running (pid $(cat "$STACK_DIR/$name.pid"))"; else echo "$name: stopped"; ok=1; fi
   done
-  if curl -sf "${CURL_AUTH[@]}" "$PREFECT_API_URL/health" > /dev/null; then
+  local health; health=$(curl -s -o /dev/null -w '%{http_code}' "${CURL_AUTH[@]}" "$PREFECT_API_URL/health" || true)
+  if [ "$health" = 200 ]; then
     echo "server: answers at $PREFECT_API_URL"
     echo "use it: $(hint_env)"
+  elif [ "$health" = 401 ]; then
+    echo "server: answers at $PREFECT_API_URL, and asks for credentials (set PREFECT_API_AUTH_STRING=user:password)"
   else
     echo "server: does not answer at $PREFECT_API_URL"; ok=1
   fi
-  if curl -sf -o /dev/null "${CURL_AUTH[@]}" "http://127.0.0.1:$REPORTS_PORT/"; then
-    echo "reports: served at http://127.0.0.1:$REPORTS_PORT (the runs' PDF links point to $ACCOUNTABILITY_REPORTS_URL)"
+  local code; code=$(curl -s -o /dev/null -w '%{http_code}' "${CURL_AUTH[@]}" "http://127.0.0.1:$REPORTS_PORT/" || true)
+  if [ "$code" = 200 ] || [ "$code" = 401 ]; then  # 401: it answers, and asks for the auth string
+    echo "reports: served at http://127.0.0.1:$REPORTS_PORT$([ "$code" = 401 ] && echo ' (asks for credentials)')" \
+         "(the runs' PDF links point to $ACCOUNTABILITY_REPORTS_URL)"
   else
     echo "reports: not served at http://127.0.0.1:$REPORTS_PORT"; ok=1
   fi

@@ -9,6 +9,7 @@ is a flow of its own (flows/deepshap.py), run in-process or on the `deepshap/gpu
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -44,6 +45,17 @@ model_step = step(supplied_model, "model")
 model_card_step = step(store_model_card, "model-card")
 compare_step = step(compare_runs, "compare")
 report_step = step(render_report, "report")
+class _BadParameterNotUnexpected(logging.Filter):
+    """A deployed run with a bad parameter ends Failed with one line ("bad parameter: ..."); Prefect's process
+    runner then logs every failed run's exception as "Engine execution exited with unexpected exception" with its
+    traceback, which for the product's own refusal is neither unexpected nor useful in the run's Logs tab."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, InputError) and record.getMessage().startswith("Engine execution exited"))
+
+
+logging.getLogger("prefect.flow_runs").addFilter(_BadParameterNotUnexpected())
 FINDINGS_TAG = "findings"  # a run whose report has failed checks; its verdict is a tag too (verdict_tag)
 
 

@@ -53,3 +53,37 @@ def test_up_twice_or_on_a_taken_port_is_refused_in_one_line_and_status_reports(s
 def test_the_monthly_deployment_gets_scheduled_runs_from_the_cron(stack):
     check_monthly_schedule(stack)
     assert list((stack["base"] / "home").glob("*.db"))  # kept in SQLite, in PREFECT_HOME
+
+
+BAD_PARAMETER_RUN = """
+import asyncio, json
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.deployments import run_deployment
+
+run = run_deployment("compliance_report/monthly", parameters={"epochs": 0}, timeout=240)
+
+async def logs():
+    async with get_client() as client:
+        for _ in range(20):  # the worker's process sends its log lines in batches
+            entries = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+            if any("Finished in state" in e.message for e in entries):
+                break
+            await asyncio.sleep(1)
+        return [e.message for e in entries]
+
+print(json.dumps({"state": run.state.type.value, "message": run.state.message, "logs": asyncio.run(logs())}))
+"""
+
+
+def test_a_deployed_run_with_a_bad_parameter_fails_in_one_line_without_a_traceback_in_its_log(stack):
+    import json
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", BAD_PARAMETER_RUN], env=stack["env"], timeout=300,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = json.loads(done.stdout.strip().splitlines()[-1])
+    assert run["state"] == "FAILED" and run["message"] == "bad parameter: --epochs must be a positive integer, got 0"
+    assert run["logs"] and not any("Traceback" in line or "Engine execution exited" in line for line in run["logs"]), \
+        run["logs"]
