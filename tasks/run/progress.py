@@ -37,8 +37,9 @@ class RunStage:
         fraction = min(max(fraction, 0.0), 1.0)
         overall = 0.0 if self.count is None else 100.0 * (self.index + fraction) / self.count
         try:
+            # one percentage, the run's: the card's text and the bar on the artifact's page say the same
             update_progress_artifact(self.artifact_id, progress=overall, description=f"{self.index + 1}/"
-                                     f"{self.count or '?'} {self.name}, {fraction:.0%}")
+                                     f"{self.count or '?'} {self.name}, {overall:.0f}%")
         except Exception as exc:  # noqa: BLE001 - whatever the client raised
             logging.getLogger(__name__).warning("progress artifact not updated: %s", exc)
 
