@@ -168,3 +168,18 @@ def test_no_other_module_calls_torchs_unpicklers():
     callers = [str(path.relative_to(ROOT)) for folder in ("tasks", "flows") for path in (ROOT / folder).rglob("*.py")
                if re.search(r"torch\.(load|export\.load|jit\.load)\(|pickle\.loads?\(", path.read_text())]
     assert callers == ["tasks/model/safe_archive.py"]
+
+
+def test_a_hand_edited_archive_is_one_line_without_torchs_logged_tracebacks(archive, tmp_path, capfd):
+    with zipfile.ZipFile(archive) as src:
+        name = next(n for n in src.namelist() if n.endswith("models/model.json"))
+        graph = json.loads(src.read(name))
+    graph["graph_module"]["graph"]["nodes"][0]["target"] = "torch.ops.aten.no_such_operator.default"
+    edited = rewrite(archive, tmp_path / "edited.pt2", {"models/model.json": json.dumps(graph).encode()})
+    capfd.readouterr()
+    with pytest.raises(InputError) as caught:
+        open_model(edited)
+    assert str(caught.value).startswith(f"--model {edited}: cannot load this torch.export file: ")
+    assert "check the warnings above" not in str(caught.value) and "\n" not in str(caught.value)
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.err + captured.out

@@ -115,19 +115,18 @@ def _weights_only_loads():
 
     handler = _Collect()
     loggers = [logging.getLogger(name) for name in _TORCH_LOGGERS]
-    saved = [(logger.propagate, logger.level) for logger in loggers]
+    saved = [(logger.propagate, logger.level, logger.handlers) for logger in loggers]
     torch.load = load
-    for logger in loggers:
-        logger.addHandler(handler)
+    for logger in loggers:  # torch gives "torch.export" a stderr handler of its own: set aside while loading
+        logger.handlers = [handler]
         logger.propagate = False
         logger.setLevel(logging.WARNING)
     try:
         yield handler
     finally:
         torch.load = unsafe_load
-        for logger, (propagate, level) in zip(loggers, saved):
-            logger.removeHandler(handler)
-            logger.propagate, logger.level = propagate, level
+        for logger, (propagate, level, handlers) in zip(loggers, saved):
+            logger.handlers, logger.propagate, logger.level = handlers, propagate, level
 
 
 class _Collect(logging.Handler):
