@@ -50,7 +50,8 @@ def test_any_failed_material_finding_is_not_fit_and_moderate_ones_give_condition
 
 def test_without_an_intended_use_the_verdict_is_a_technical_assessment_still_graded():
     verdict = derive([check("performance.no_information", 1)], intended_use_declared=False)
-    assert verdict.text == TECHNICAL and verdict.graded == NOT_FIT and verdict.reasons == ("performance.no_information",)
+    assert verdict.text == TECHNICAL and verdict.graded == NOT_FIT
+    assert verdict.reasons == ("performance.no_information",)
 
 
 def test_a_check_that_cannot_judge_is_never_shown_as_passed():
@@ -167,7 +168,8 @@ def write_card(path: Path, **fields) -> Path:
 
 
 def export(model: nn.Module, features: int, path: Path) -> Path:
-    program = torch.export.export(model.eval(), (torch.rand(2, features),), dynamic_shapes=({0: torch.export.Dim.AUTO},))
+    program = torch.export.export(model.eval(), (torch.rand(2, features),),
+                                  dynamic_shapes=({0: torch.export.Dim.AUTO},))
     torch.export.save(program, str(path))
     return path
 

@@ -15,9 +15,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from tasks.techniques.groups import feature_columns, image_regions
+from tasks.techniques.groups import KERNEL_GRID, feature_columns, image_regions
 
-GRID = 4  # images: 16 patches
+GRID = KERNEL_GRID  # images: a 4x4 grid, 16 patches (one grid for every Kernel SHAP of a run)
 N_SAMPLES = 512  # coalitions per explained row (all of them when there are fewer)
 CHUNK_VALUES = 1 << 23  # inputs evaluated at once: coalitions x background x input size
 

@@ -21,7 +21,8 @@ MATERIAL, MODERATE, MINOR = "material", "moderate", "minor"
 SEVERITY_LEVELS = (MATERIAL, MODERATE, MINOR)
 SEVERITIES = {  # check id -> the severity of its finding when it fails (a model card's `severities` may change it)
     "performance.no_information": MATERIAL, "performance.class_recall": MATERIAL,
-    "performance.degenerate": MATERIAL, "model.finite_outputs": MATERIAL, "performance.flat_probabilities": MATERIAL, "model.untrained": MATERIAL,
+    "performance.degenerate": MATERIAL, "model.finite_outputs": MATERIAL, "performance.flat_probabilities": MATERIAL,
+    "model.untrained": MATERIAL,
     "data.lineage": MATERIAL, "deepshap.additivity": MODERATE, "calibration.ece": MODERATE,
     "slices.weak": MODERATE, "fairness.selection_rate_ratio": MODERATE, "fairness.equalized_odds": MODERATE,
     "challenger.margin": MODERATE, "robustness.min_strength": MODERATE, "comparison.data-shift": MODERATE,

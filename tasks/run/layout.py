@@ -38,8 +38,8 @@ FILES = {  # key -> path relative to the run directory
     "permutation_importance": "analysis/permutation_importance.parquet",
     "partial_dependence": "analysis/partial_dependence.parquet",
     "slices": "analysis/slices.parquet",
-    "floors": "analysis/floors.parquet",
-    "data_quality": "analysis/data_quality.parquet",  # per column or channel: training range, constant, outside  # per class: rows, recall and its bound, the share of predictions
+    "floors": "analysis/floors.parquet",  # per class: rows, recall and its bound, the share of predictions
+    "data_quality": "analysis/data_quality.parquet",  # per column or channel: training range, constant, outside
     "findings": "analysis/findings.parquet",  # the findings register: every failed or unassessable check, graded
     "agreement": "analysis/agreement.parquet",
     # What validators check beyond explanations

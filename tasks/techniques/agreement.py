@@ -56,7 +56,8 @@ def agreement_table(attributions: dict[str, dict[int, np.ndarray]], global_impor
         for a, b in itertools.combinations(vectors, 2):
             rho, overlap = rank_agreement(vectors[a], vectors[b])
             rows.append({"position": position, "source_id": source_ids[position], "method_a": a, "method_b": b,
-                         "spearman": rho, "top_overlap": overlap, "flagged": bool(np.isfinite(rho) and rho < THRESHOLD)})
+                         "spearman": rho, "top_overlap": overlap,
+                         "flagged": bool(np.isfinite(rho) and rho < THRESHOLD)})  # undefined: not disagreement
     return pd.DataFrame(rows)
 
 

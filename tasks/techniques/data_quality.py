@@ -65,9 +65,13 @@ def assess_data_quality(run_dir: str, files: dict[str, str], seed: int) -> dict:
                        and not f["missing"]), None)
     labels = np.concatenate([train.labels, val.labels])
     groups = {a: train.groups[a] + val.groups[a] for a in train.groups}
-    base_rates = [{"attribute": a, "group": g, "rows": int((np.asarray(v) == g).sum()),
-                   **{name: float((labels[np.asarray(v) == g] == k).mean()) for k, name in enumerate(train.class_names)}}
-                  for a, v in groups.items() for g in sorted(set(v))]
+    base_rates = []  # per protected group: its rows and the share of them in each class
+    for attribute, values in groups.items():
+        values = np.asarray(values, dtype=object)
+        for group in sorted(set(values)):
+            members = values == group
+            shares = {name: float((labels[members] == k).mean()) for k, name in enumerate(train.class_names)}
+            base_rates.append({"attribute": attribute, "group": group, "rows": int(members.sum()), **shares})
     checks = []
     if not supplied:  # the splits were made here: an overlap means the validation is not held out
         checks.append(Check("data.leakage", "Data quality", "validation rows identical to a training row",

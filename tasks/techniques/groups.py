@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 REGION_GRID = 4  # images: permutation importance and method agreement on a 4x4 grid of regions
-KERNEL_GRID = 8  # images: Kernel SHAP masks an 8x8 grid of patches
+KERNEL_GRID = REGION_GRID  # images: every Kernel SHAP of a run (the technique, the SHAP stage's fallback), LIME
 
 
 @dataclass(frozen=True)
