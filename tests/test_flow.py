@@ -26,9 +26,9 @@ SECTIONS = ("Model validation report", "1. Purpose and use", "Summary", "Model c
             "Calibration", "Expected calibration error", "Robustness to perturbations", "Challenger model",
             "Fairness across protected groups", "Revalidation triggers",
             "Appendix: traceability to regulatory clauses", "What the owner documents", "Sign-off")
-TASKS = ["calibration", "challenger", "compare", "deepshap", "fairness", "faithfulness", "gradients", "kernel-shap",
-         "lime", "load", "method-agreement", "model-card", "permutation-importance", "report", "robustness", "slices",
-         "train", "weights"]
+TASKS = ["calibration", "challenger", "compare", "data-quality", "deepshap", "fairness", "faithfulness", "floors",
+         "gradients", "kernel-shap", "lime", "load", "method-agreement", "model-card", "permutation-importance", "report",
+         "robustness", "slices", "train", "weights"]
 
 
 def pdf_text(path) -> str:
