@@ -252,3 +252,14 @@ def test_nan_on_perturbed_inputs_is_a_counted_material_finding_never_a_score(pre
     assert result["verdict"] == NOT_FIT and not layout.path(result["run_dir"], "robustness").exists()
     text = pdf_text(result["pdf"])
     assert "Robustness to perturbations Not completed: the model returned NaN" in text
+
+
+def test_the_model_card_chooses_which_fairness_measures_apply(tmp_path):
+    from tasks.steps.model_card import store_model_card
+
+    card = tmp_path / "card.yaml"
+    card.write_text("fairness_measures: [equal_opportunity]\nfavourable_outcome: approved\n")
+    assert store_model_card(card, tmp_path / "run")["fairness_measures"] == ["equal_opportunity"]
+    card.write_text("fairness_measures: [parity]\n")
+    with pytest.raises(InputError, match="fairness_measures must be a list of demographic_parity"):
+        read_model_card(card)

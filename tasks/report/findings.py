@@ -29,6 +29,7 @@ REMEDIATION = {  # check id -> what the owner could do about the finding
     "slices.weak": "Review the weak slices with the business; restrict use there or improve the model.",
     "fairness.selection_rate_ratio": "Review the disparity with compliance; mitigate or document its justification.",
     "fairness.equalized_odds": "Review the error-rate gap with compliance; mitigate or document it.",
+    "fairness.equal_opportunity": "Review the gap in true positive rates with compliance; mitigate or document it.",
     "challenger.margin": "Explain why the challenger does better, or adopt it.",
     "robustness.min_strength": "Set the operating conditions in the model card; harden the model or restrict its use.",
     "comparison.data-shift": "Investigate the shift; revalidate on current data.",

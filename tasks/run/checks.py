@@ -25,6 +25,7 @@ SEVERITIES = {  # check id -> the severity of its finding when it fails (a model
     "model.untrained": MATERIAL,
     "data.lineage": MATERIAL, "deepshap.additivity": MODERATE, "calibration.ece": MODERATE,
     "slices.weak": MODERATE, "fairness.selection_rate_ratio": MODERATE, "fairness.equalized_odds": MODERATE,
+    "fairness.equal_opportunity": MODERATE,
     "challenger.margin": MODERATE, "robustness.min_strength": MODERATE, "comparison.data-shift": MODERATE,
     "integrated-gradients.completeness": MINOR, "kernel-shap.additivity": MINOR, "deepshap.randomisation": MINOR,
     "deepshap.deletion": MINOR, "deepshap.insertion": MINOR, "deepshap.stability": MINOR,

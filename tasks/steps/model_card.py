@@ -34,6 +34,8 @@ FIELDS = {  # key in the YAML file -> heading in the report
     "limitations": "Limitations",
     "risk_tier": "Risk tier",
     "favourable_outcome": "Favourable outcome",  # the class that is good for the person (fairness' selection)
+    # Which fairness measures apply to this use (FAIRNESS_MEASURES; default: demographic parity, equalized odds)
+    "fairness_measures": "Fairness measures that apply",
     "materiality": "Materiality",  # low | medium | high: how deep the review goes (MATERIALITY)
     "revalidation_triggers": "Revalidation triggers",  # events that call for a new validation
     # Where a supplied model's evaluation data comes from (LINEAGES): in-sample data is a material finding
@@ -51,12 +53,16 @@ THRESHOLDS = {  # check id -> (default bound, what it bounds); a card's `thresho
     "calibration.ece": (0.05, "expected calibration error, at most"),
     "fairness.selection_rate_ratio": (0.8, "lowest group selection rate over the highest, at least (four-fifths)"),
     "fairness.equalized_odds": (0.1, "equalized odds difference, at most"),
+    "fairness.equal_opportunity": (0.1, "equal opportunity difference (true positive rates), at most"),
     "robustness.accuracy_drop": (0.05, "accuracy drop that defines breaking, in accuracy points"),
     "robustness.min_strength": (0.5, "share of the strength range a perturbation must survive, at least"),
     "challenger.margin": (0.0, "champion accuracy minus challenger's, upper 95% bound, at least"),
 }
 THRESHOLD_RANGES = {  # check id -> the bounds a threshold can meaningfully take (others no run can meet)
     "challenger.margin": (-1.0, 1.0), "robustness.accuracy_drop": (0.0, 1.0)}  # every other one: [0, 1]
+FAIRNESS_MEASURES = {"demographic_parity": "fairness.selection_rate_ratio", "equalized_odds": "fairness.equalized_odds",
+                     "equal_opportunity": "fairness.equal_opportunity"}  # measure -> the check that holds it
+DEFAULT_FAIRNESS = ("demographic_parity", "equalized_odds")
 LINEAGES = ("independent", "out-of-time", "in-sample", "unknown")  # of the evaluation data, as the card states it
 SEVERITY_LEVELS = ("material", "moderate", "minor")  # a card's `severities`: check id -> one of these
 MAX_BYTES = 1_000_000  # a model card is a short document
@@ -90,6 +96,11 @@ def read_model_card(path: Path) -> dict[str, str | list[str]]:
                          f"{', '.join([*FIELDS, 'thresholds', 'severities'])}")
     fields = {"thresholds": _thresholds(card.pop("thresholds", None) or {}, path),
               "severities": _severities(card.pop("severities", None) or {}, path)}
+    measures = card.get("fairness_measures")
+    if measures is not None and (not isinstance(measures, list) or not measures
+                                 or not set(map(str, measures)) <= set(FAIRNESS_MEASURES)):
+        raise InputError(f"model card {path}: fairness_measures must be a list of {', '.join(FAIRNESS_MEASURES)}, "
+                         f"not {measures!r}")
     if card.get("evaluation_data") is not None and str(card["evaluation_data"]).lower() not in LINEAGES:
         raise InputError(f"model card {path}: evaluation_data must be one of {', '.join(LINEAGES)}, "
                          f"not {card['evaluation_data']!r}")
@@ -194,6 +205,7 @@ def store_model_card(path: Path | None, run_dir: Path) -> dict:
               "intended_use_declared": "intended_use" in fields,
               "evaluation_data": str(fields.get("evaluation_data", "unknown")).lower(),
               "evaluation_data_stated": "evaluation_data" in fields,
+              "fairness_measures": list(fields.get("fairness_measures", DEFAULT_FAIRNESS)),
               "fields": [{"key": key, "heading": heading, "value": fields.get(key, NOT_PROVIDED),
                           "missing": key not in fields} for key, heading in FIELDS.items()]}
     written = write_json_atomic(layout.path(run_dir, "card_record"), record)

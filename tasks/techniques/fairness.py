@@ -32,7 +32,7 @@ from tasks.report.sections import ReportData, file_of
 from tasks.run import layout
 from tasks.run.checks import SECTION_PERFORMANCE, Check
 from tasks.run.formats import read_split, write_frame
-from tasks.steps.model_card import threshold
+from tasks.steps.model_card import DEFAULT_FAIRNESS, FAIRNESS_MEASURES, threshold
 from tasks.techniques.positive import run_positive_index
 
 MIN_GROUP_ROWS = 10
@@ -137,10 +137,11 @@ def assess_fairness(run_dir: str, files: dict[str, str], seed: int) -> dict:
                            f"({', '.join(val.groups)}): fairness was not assessed.", "files": {}, "checks": [],
                 "too_small": too_small}
     per_group, summary = pd.concat(per_group, ignore_index=True), pd.concat(summary, ignore_index=True)
-    ratio_bound, eo_bound = (threshold(files["card_record"], key) for key in ("fairness.selection_rate_ratio",
-                                                                            "fairness.equalized_odds"))
+    ratio_bound, eo_bound, eop_bound = (threshold(files["card_record"], key) for key in (
+        "fairness.selection_rate_ratio", "fairness.equalized_odds", "fairness.equal_opportunity"))
     low_ratio = summary[summary["dp_ratio"] < ratio_bound]
     high_eo = summary[summary["eo_difference"] > eo_bound]
+    high_eop = summary[summary["eop_difference"] > eop_bound]
     checks = [
         Check("fairness.selection_rate_ratio", "Fairness", "selection rate ratio, lowest group over highest "
               "(four-fifths rule)", float(summary["dp_ratio"].min()), ratio_bound, "at least", SECTION_PERFORMANCE,
@@ -157,14 +158,23 @@ def assess_fairness(run_dir: str, files: dict[str, str], seed: int) -> dict:
               details=tuple(f"Fairness: by {r.attribute}, true or false positive rates for '{r.class_name}' differ by "
                             f"{r.eo_difference:.3f} between groups (95% CI {r.eo_difference_low:.3f} to "
                             f"{r.eo_difference_high:.3f})." for r in high_eo.itertuples())),
+        Check("fairness.equal_opportunity", "Fairness", "equal opportunity difference (true positive rates)",
+              float(summary["eop_difference"].max()), eop_bound, "at most", SECTION_PERFORMANCE,
+              f"{len(high_eop)} attribute and class pair(s) have true positive rates differing by more than "
+              f"{eop_bound} between groups.",
+              details=tuple(f"Fairness: by {r.attribute}, the true positive rate for '{r.class_name}' differs by "
+                            f"{r.eop_difference:.3f} between groups." for r in high_eop.itertuples())),
     ]
+    card = json.loads(Path(files["card_record"]).read_text())
+    measures = card.get("fairness_measures", list(DEFAULT_FAIRNESS))
+    applies = {FAIRNESS_MEASURES[m] for m in measures}
+    checks = [c for c in checks if c.id in applies]  # the measures the card says apply to this use
     written = {"fairness_groups": write_frame(layout.path(run_dir, "fairness_groups"), per_group),
                "fairness": write_frame(layout.path(run_dir, "fairness"), summary)}
-    card = json.loads(Path(files["card_record"]).read_text())
     favourable = next((f["value"] for f in card.get("fields", []) if f["key"] == "favourable_outcome"
                        and not f["missing"]), None)
     return {"files": written, "checks": [c.to_json() for c in checks], "attributes": list(val.groups),
-            "favourable": favourable,
+            "favourable": favourable, "measures": measures,
             "too_small": too_small, "positive": val.class_names[positive] if positive is not None else None,
             "n_rows": len(val.labels), "min_group_rows": MIN_GROUP_ROWS}
 

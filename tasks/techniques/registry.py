@@ -100,7 +100,7 @@ TECHNIQUES: tuple[Technique, ...] = (
     Technique("fairness", "Fairness across protected groups", assess_fairness, fairness_section, "fairness.html.j2",
               "performance", reads=("model", "validation", "run_record", "card_record"),
               writes=("fairness", "fairness_groups"),
-              checks=("fairness.selection_rate_ratio", "fairness.equalized_odds"),
+              checks=("fairness.selection_rate_ratio", "fairness.equalized_odds", "fairness.equal_opportunity"),
               clauses={**MEASURES_OUTCOMES, US: "outcomes analysis across groups (fair lending review)",
                        EU: "Annex IV 2(g) potentially discriminatory impacts; Art. 10(2)(f) bias"}),
     Technique("robustness", "Robustness to perturbations", measure_robustness, robustness_section,
