@@ -131,3 +131,12 @@ def test_text_that_is_not_utf8_is_refused_in_one_line(tmp_path):
                                                             for i in range(10)))
     with pytest.raises(InputError, match="label column 'defaulted' is not UTF-8 text"):
         load_dataset(f"csv:{values}", label="defaulted")
+
+
+def test_a_label_of_minus_zero_is_class_0(tmp_path):
+    """A float label column with one -0.0 among forty 0.0 gave two classes both named "0" (then "classes ['0']
+    have fewer than 2 rows" for a class of 41 rows)."""
+    path = tmp_path / "t.csv"
+    pd.DataFrame({"x": np.arange(81.0), "y": [0.0] * 40 + [-0.0] + [1.0] * 40}).to_csv(path, index=False)
+    data = load_dataset(f"csv:{path}", "y")
+    assert data.class_names == ["0", "1"] and np.bincount(data.labels).tolist() == [41, 40]

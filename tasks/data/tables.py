@@ -146,6 +146,7 @@ def _encode_labels(column: pa.ChunkedArray, name: str, label: str) -> tuple[np.n
         values = column.to_numpy(zero_copy_only=False)
         if not np.isfinite(values).all():
             raise InputError(f"{name}: label column {label!r} has NaN or infinite values")
+        column = pc.add(column, 0.0)  # -0.0 becomes 0.0: one class, not two both named "0"
     if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):  # how pyarrow reads text that is not UTF-8
         raise InputError(f"{name}: label column {label!r} is not UTF-8 text: save the file as UTF-8")
     if not (_is_numeric(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind)
