@@ -1,10 +1,10 @@
 """Create or update the deployments described in deploy/prefect.yaml on the server at PREFECT_API_URL.
 
-`prefect deploy` itself creates them too, but with prefect 3.8.8 and fastapi 0.154 (the pins this
-project needs, see constraints.txt) its closing "are workers online?" query gets 422 from the
-server and it stops after the first deployment. This applies the same file through Prefect's
-Python API (RunnerDeployment.apply), which skips that query. `{{ $VAR }}` values are taken
-from the environment, as `prefect deploy` does.
+`prefect --no-prompt deploy --all --prefect-file deploy/prefect.yaml` creates them too with the pins of
+constraints.txt (prefect 3.8.8, fastapi 0.150: checked on 2026-12-04, both deployments made; with fastapi
+0.154 its closing "are workers online?" query got 422 and it stopped after the first). This applies the
+same file through Prefect's Python API (RunnerDeployment.apply), with no prompt and no CLI in the way;
+`{{ $VAR }}` values are taken from the environment, as `prefect deploy` does.
 """
 
 from __future__ import annotations

@@ -41,6 +41,17 @@ def test_a_file_that_is_not_an_image_is_refused(finished_run, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_an_image_whose_name_is_not_utf8_is_refused_before_anything_is_written(finished_run, tmp_path):
+    import os
+
+    root, run_dir = finished_run
+    photo = tmp_path / os.fsdecode(b"caf\xe9.png")  # a Latin-1 name, as a camera or an old share writes it
+    Image.open(root / "light" / "0.png").save(photo)
+    with pytest.raises(InputError, match=r"image b'.*caf\\xe9.png' is not valid UTF-8"):
+        explain_image(photo, run_dir, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_directory_that_is_not_a_run_is_refused(finished_run, tmp_path):
     root, _ = finished_run
     with pytest.raises(InputError, match="not a finished run directory: model/model.json is missing"):
