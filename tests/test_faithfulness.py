@@ -7,7 +7,8 @@ import pytest
 from tasks.model.run_model import load_run_model
 from tasks.run import layout
 from tasks.run.formats import background_images, read_split
-from tasks.techniques.faithfulness import cascading_randomisation, deep_shap_explainer, randomisation_verdict
+from tasks.techniques.faithfulness import (cascading_randomisation, deep_shap_explainer, margin_judgement,
+                                          randomisation_judgement, randomisation_verdict)
 
 
 def model_and_rows(run_dir):
@@ -43,3 +44,24 @@ def test_the_same_background_gives_the_same_explanation(table_model):
     first = deep_shap_explainer(background)(model, rows, targets)
     again = deep_shap_explainer(background.copy())(model, rows, targets)
     np.testing.assert_array_equal(first, again)
+
+
+@pytest.mark.parametrize("correlations, judged", [
+    ([1.0] * 8, True),  # maps that ignore the model: interval [1, 1], above the threshold: it fails
+    ([0.1, 0.2, 0.0, 0.15, 0.1, 0.05, 0.2, 0.1], True),  # maps that follow the model: below it
+    ([0.0, 1.0, 0.1, 0.9], False),  # four rows on both sides: too few to tell
+    ([float("nan")] * 4, False),  # constant maps: no correlation is defined
+])
+def test_randomisation_judges_only_when_its_interval_is_on_one_side(correlations, judged):
+    import pandas as pd
+
+    table = pd.DataFrame({"step": 2, "spearman": correlations})
+    why, (low, high) = randomisation_judgement(table, seed=0)
+    assert (why == "") == judged, why
+    if judged:
+        assert low <= np.mean(correlations) <= high
+
+
+def test_deletion_and_insertion_margins_pass_only_when_their_interval_excludes_zero():
+    assert margin_judgement(0.01, 0.2) == "" and margin_judgement(-0.3, -0.1) == ""
+    assert "includes zero" in margin_judgement(-0.05, 0.2)

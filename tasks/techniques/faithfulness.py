@@ -103,14 +103,33 @@ def cascading_randomisation(model: RunModel, explain: Explainer, rows: np.ndarra
 
 
 def randomisation_verdict(table: pd.DataFrame) -> tuple[float, float, bool]:
-    """Mean signed and absolute Spearman with every layer randomised, and whether that flags the maps."""
+    """Mean signed and absolute Spearman with every layer randomised (over the defined ones), and whether that
+    flags the maps."""
     last = table[table["step"] == table["step"].max()]
     signed = float(last["spearman"].mean())
     return signed, float(last["spearman_abs"].mean()), signed > RANDOMISATION_THRESHOLD
 
 
+def randomisation_judgement(table: pd.DataFrame, seed: int, n_boot: int = 1000) -> tuple[str, tuple[float, float]]:
+    """Why the randomisation check cannot judge ("" when it can), and the 95% bootstrap interval (over the rows)
+    of the mean signed Spearman with every layer randomised: it judges only when the interval lies on one side of
+    RANDOMISATION_THRESHOLD."""
+    last = table[table["step"] == table["step"].max()]["spearman"].dropna().to_numpy()
+    if not len(last):
+        return ("every correlation is undefined: the maps are constant, so no ranking can be compared",
+                (float("nan"), float("nan")))
+    rng = np.random.default_rng(seed)
+    means = [last[rng.integers(0, len(last), len(last))].mean() for _ in range(n_boot)]
+    low, high = (float(q) for q in np.quantile(means, [0.025, 0.975]))
+    if low <= RANDOMISATION_THRESHOLD < high:
+        return (f"the 95% interval of the mean Spearman, {low:.2f} to {high:.2f}, lies on both sides of "
+                f"{RANDOMISATION_THRESHOLD}: too few rows to tell", (low, high))
+    return "", (low, high)
+
+
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    return float(spearmanr(a, b).statistic) if a.std() > 0 and b.std() > 0 else 0.0
+    """Spearman's correlation, NaN (undefined) when either map is constant."""
+    return float(spearmanr(a, b).statistic) if a.std() > 0 and b.std() > 0 else float("nan")
 
 
 def deletion_insertion(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, attributions: np.ndarray,
@@ -188,12 +207,13 @@ def check_faithfulness(run_dir: str, files: dict[str, str], seed: int, engine: s
         randomisation = cascading_randomisation(model, deep_shap_explainer(small, engine), rows[:RANDOMISATION_ROWS],
                                                 targets[:RANDOMISATION_ROWS], seed, advance)
     signed, absolute, _ = randomisation_verdict(randomisation)
+    unjudged, interval = randomisation_judgement(randomisation, seed)
     written = {"randomisation": write_frame(layout.path(run_dir, "randomisation"), randomisation)}
-    checks = [Check("deepshap.randomisation", "DeepSHAP", "cascading randomisation (signed Spearman, every layer randomised)", signed,
-                    RANDOMISATION_THRESHOLD, "at most", SECTION_QUALITY,
-                    "The DeepSHAP maps barely change when the model's weights are randomised: they may not "
-                    "reflect what the model learned.")]
-    result = {"randomisation_final": signed, "randomisation_final_abs": absolute,
+    checks = [Check("deepshap.randomisation", "DeepSHAP", "cascading randomisation (signed Spearman, every layer "
+                    "randomised)", signed if np.isfinite(signed) else 0.0, RANDOMISATION_THRESHOLD, "at most",
+                    SECTION_QUALITY, "The DeepSHAP maps barely change when the model's weights are randomised: they "
+                    "may not reflect what the model learned.", not_assessable=unjudged)]
+    result = {"randomisation_final": signed, "randomisation_final_abs": absolute, "randomisation_interval": interval,
               "randomisation_threshold": RANDOMISATION_THRESHOLD,
               "n_layers": len(layers), "randomisation_rows": min(RANDOMISATION_ROWS, len(rows))}
 
