@@ -274,8 +274,8 @@ def test_a_breast_cancer_report_has_every_technique_for_tables(table_flow_result
     limitations = text[text.index("5. Findings register and limitations"):text.index("6. Monitoring and changes")]
     assert "fail the four-fifths rule" in limitations or "by site, the selection rate of 'malignant'" in limitations
     appendix = text[text.index("Appendix: traceability"):]
-    for check_id in checks:  # (table cells wrap long ids at their hyphens)
-        assert check_id in appendix.replace(" ", ""), check_id
+    for check_id, check in checks.items():  # (table cells wrap long ids at their hyphens); each with its severity
+        assert f"{check_id}({check['severity']})" in appendix.replace(" ", "").replace("\n", ""), check_id
     assert "Annex IV 2(g) potentially discriminatory impacts" in appendix
     assert "to be provided by the owner" in appendix
     run_dir = Path(result["run_dir"])
