@@ -37,6 +37,18 @@ from tasks.techniques import registry
 from tasks.techniques.positive import run_positive_index
 
 MAX_SAMPLE_IMAGES = 8
+LEAST_CONFIDENT = 3  # correct rows drawn for being the least confident, beside one per class
+
+
+def drawn_positions(explained: pd.DataFrame) -> list[int]:
+    """The explained rows a reader needs to see drawn: every misclassified one, the most confident correct one of
+    each class (what the model sees in it) and the LEAST_CONFIDENT least confident correct ones. The others' values
+    stay in the run's files, and the report says so in one line."""
+    correct = explained[explained["label"] == explained["predicted"]]
+    chosen = set(explained.loc[explained["label"] != explained["predicted"], "position"])
+    chosen |= set(correct.sort_values("confidence", ascending=False).groupby("label").head(1)["position"])
+    chosen |= set(correct.nsmallest(LEAST_CONFIDENT, "confidence")["position"])
+    return [p for p in explained["position"] if p in chosen]  # in the explained rows' order
 
 
 def run_checks(results: dict) -> list[Check]:
@@ -54,7 +66,8 @@ def case_studies(data: ReportData, expected: list[float]) -> list[dict]:
     cases = []
     plots = None if is_table else figures.ShapImagePlots(len(names))
     short = figures.short_labels(names, 12)
-    for row, x in zip(data.explained.itertuples(index=False), val.rows_of(data.explained["source_id"])):
+    drawn = data.explained[data.explained["position"].isin(drawn_positions(data.explained))]
+    for row, x in zip(drawn.itertuples(index=False), val.rows_of(drawn["source_id"])):
         probs = np.asarray(row.probabilities)
         values = data.values[row.position]
         path = data.figure(f"shap_{row.position:04d}.png")
@@ -143,7 +156,7 @@ def render_report(run_dir: Path, results: dict, params: dict, environment: dict,
             "accuracy": final["accuracy"], "f1_macro": final["f1_macro"], "n_classes": len(names),
             "n_train": int(sum(load["class_counts"]["train"])),
             "n_validation": int(sum(load["class_counts"]["validation"])),
-            "epochs": params["epochs"], "n_explained": len(cases), "supplied": supplied,
+            "epochs": params["epochs"], "n_explained": len(data.explained), "supplied": supplied,
             "n_rows": int(sum(load["class_counts"]["train"]) + sum(load["class_counts"]["validation"])),
             "n_misclassified": sum(not c["correct"] for c in cases),
             "engine": shap["engine"], "device": shap["device"], "background": params["background"],
@@ -170,7 +183,7 @@ def render_report(run_dir: Path, results: dict, params: dict, environment: dict,
             "confusion": data.rel(figures.confusion_matrix(labels, val_pred, names,
                                                            data.figure("confusion_matrix.png"))),
         },
-        "cases": cases,
+        "cases": cases, "cases_not_drawn": len(data.explained) - len(cases),
         "techniques": [{"name": t.name, "title": t.title, "partial": t.partial, "place": t.place} for t in shown],
         "sections": {t.name: (results[t.name] if "skipped" in results.get(t.name, {}) else
                               t.section(data, results.get(t.name))) for t in shown},
