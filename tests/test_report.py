@@ -93,7 +93,7 @@ def test_report_pdf_has_every_section_and_metadata(hostile_run):
     text = pdf_text(result["pdf"])
     for heading in ("Model validation report", "1. Purpose and use", "2. Design and data", "Model and training",
                     "Weights and biases", "3. Performance and testing", "Explanations of individual decisions",
-                    "Misclassified images", "Explanation quality", "5. Findings register and limitations",
+                    "Misclassified images", "The checks of this run", "5. Findings register and limitations",
                     "6. Monitoring and changes", "7. Reproducibility", "Artifacts (SHA-256)", "Sign-off"):
         assert heading in text, heading
     assert reader.metadata.title.startswith("Compliance report: cifar10:")
