@@ -67,6 +67,26 @@ def table_flow_result(prefect_server, tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_the_report_opens_with_its_verdict_then_a_contents_page_and_keeps_every_hash_whole(flow_result):
+    """Page 1 the verdict, page 2 a printed contents with each section's page; every SHA-256 of the files the PDF
+    lists is in its text whole (not clipped, not wrapped)."""
+    _, result = flow_result
+    pages = [" ".join(page.extract_text().split()) for page in PdfReader(result["pdf"]).pages]
+    assert pages[0].startswith("Model validation report") and result["verdict"] in pages[0]
+    contents = pages[1]
+    assert contents.startswith("Contents")
+    for heading in ("1. Purpose and use", "3. Performance and testing", "5. Findings register and limitations",
+                    "7. Reproducibility", "Appendix: traceability to regulatory clauses", "Sign-off"):
+        found = re.search(re.escape(heading) + r"[^.]*?\.{3,} ?(\d+)", contents)
+        assert found, heading
+        page = int(found.group(1))
+        assert heading.split(":")[0] in pages[page - 1], (heading, page)  # the page it names holds the heading
+    text = "".join(pages).replace(" ", "")
+    listed = json.loads(layout.path(result["run_dir"], "artifacts").read_text())["files"]
+    assert [name for name, info in listed.items() if info["sha256"] not in text] == []
+
+
 def test_flow_writes_a_complete_run_directory(flow_result):
     _, result = flow_result
     run_dir = Path(result["run_dir"])
