@@ -82,6 +82,8 @@ def test_the_report_opens_with_its_verdict_then_a_contents_page_and_keeps_every_
         assert found, heading
         page = int(found.group(1))
         assert heading.split(":")[0] in pages[page - 1], (heading, page)  # the page it names holds the heading
+    for number, page in enumerate(PdfReader(result["pdf"]).pages, 1):  # no near-empty page
+        assert len(page.extract_text().split()) >= 30 or page.images, f"page {number} has no figure and few words"
     text = "".join(pages).replace(" ", "")
     listed = json.loads(layout.path(result["run_dir"], "artifacts").read_text())["files"]
     assert [name for name, info in listed.items() if info["sha256"] not in text] == []
