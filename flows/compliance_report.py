@@ -45,6 +45,8 @@ model_step = step(supplied_model, "model")
 model_card_step = step(store_model_card, "model-card")
 compare_step = step(compare_runs, "compare")
 report_step = step(render_report, "report")
+
+
 class _BadParameterNotUnexpected(logging.Filter):
     """A deployed run with a bad parameter ends Failed with one line ("bad parameter: ..."); Prefect's process
     runner then logs every failed run's exception as "Engine execution exited with unexpected exception" with its
@@ -55,7 +57,7 @@ class _BadParameterNotUnexpected(logging.Filter):
         return not (isinstance(exc, InputError) and record.getMessage().startswith("Engine execution exited"))
 
 
-logging.getLogger("prefect.flow_runs").addFilter(_BadParameterNotUnexpected())
+logging.getLogger("prefect.flow_runs").addFilter(_BadParameterNotUnexpected())  # the runner's flow-run logger
 FINDINGS_TAG = "findings"  # a run whose report has failed checks; its verdict is a tag too (verdict_tag)
 
 

@@ -85,4 +85,5 @@ def key_metrics(run_dir: Path) -> dict:
     last = metrics[metrics["split"] == "validation"].sort_values("epoch").iloc[-1]
     checks = (_recorded(run_dir) or {}).get("checks") or []
     return {"accuracy": float(last["accuracy"]), "f1_macro": float(last["f1_macro"]),
-            "checks_failed": sum(1 for c in checks if isinstance(c, dict) and not c.get("passed", True))}
+            "checks_failed": sum(1 for c in checks if isinstance(c, dict)  # not those that could not judge
+                                 and c.get("status", "passed" if c.get("passed", True) else "failed") == "failed")}
