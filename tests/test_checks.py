@@ -43,7 +43,8 @@ def failing_run(prefect_server, tmp_path_factory):
 
 def test_a_failed_check_shows_in_the_verdict_the_table_the_register_and_the_manifest(failing_run):
     text = " ".join(pdf_text(failing_run["pdf"]).split())
-    summary = text[text.rindex("1. Purpose and use"):text.index("Model card")]  # (rindex: not the contents page)
+    start = text.rindex("1. Purpose and use")  # (rindex: the section, not its line on the contents page)
+    summary = text[start:text.index("Model card", start)]
     assert f"Verdict: {failing_run['verdict']}" in summary and "minor finding(s)" in summary
     table = text[text.index("Every check of this run"):text.index("Additivity DeepSHAP values")]
     assert "Integrated Gradients completeness (largest error)" in table and "at most 1e-300 minor failed" in table
