@@ -222,6 +222,16 @@ def monitoring_plan_check(stated: bool) -> Check:
                  "which thresholds and how often (post_market_monitoring).", unit="count")
 
 
+def read_card_record(card_record: str | Path) -> dict:
+    """The run's model_card.json (written by `store_model_card`): what the techniques hold the model to."""
+    return json.loads(Path(card_record).read_text())
+
+
+def stated(card: dict, key: str):
+    """The value the model card gives for field `key` (a card record's `fields`), or None where it gives none."""
+    return next((f["value"] for f in card.get("fields", []) if f["key"] == key and not f["missing"]), None)
+
+
 def threshold(card_record: str | Path, check_id: str) -> float:
     """The bound the check `check_id` is held to in this run (model_card.json, written by `store_model_card`)."""
-    return float(json.loads(Path(card_record).read_text())["thresholds"][check_id])
+    return float(read_card_record(card_record)["thresholds"][check_id])

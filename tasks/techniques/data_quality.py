@@ -13,8 +13,6 @@ train_max, constant, outside_share (validation rows outside the training range).
 from __future__ import annotations
 
 import hashlib
-import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,6 +22,7 @@ from tasks.report.sections import ReportData, file_of
 from tasks.run import layout
 from tasks.run.checks import MODERATE, Check
 from tasks.run.formats import read_split, write_frame
+from tasks.steps.model_card import read_card_record, stated
 
 SECTION_DATA = "2. Design and data"
 
@@ -60,9 +59,7 @@ def assess_data_quality(run_dir: str, files: dict[str, str], seed: int) -> dict:
     names = train.feature_names if train.modality == "table" else [f"channel {c}" for c in range(train.inputs.shape[1])]
     ranges = column_ranges(train.inputs, val.inputs, names)
     repeated = duplicates(train.inputs, val.inputs)
-    card = json.loads(Path(files["card_record"]).read_text())
-    favourable = next((f["value"] for f in card.get("fields", []) if f["key"] == "favourable_outcome"
-                       and not f["missing"]), None)
+    favourable = stated(read_card_record(files["card_record"]), "favourable_outcome")
     labels = np.concatenate([train.labels, val.labels])
     groups = {a: train.groups[a] + val.groups[a] for a in train.groups}
     base_rates = []  # per protected group: its rows and the share of them in each class

@@ -18,9 +18,6 @@ ratio with their intervals).
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 from fairlearn.metrics import (MetricFrame, count, demographic_parity_difference, demographic_parity_ratio,
@@ -32,7 +29,7 @@ from tasks.report.sections import ReportData, file_of
 from tasks.run import layout
 from tasks.run.checks import SECTION_PERFORMANCE, Check
 from tasks.run.formats import read_split, write_frame
-from tasks.steps.model_card import DEFAULT_FAIRNESS, FAIRNESS_MEASURES, threshold
+from tasks.steps.model_card import DEFAULT_FAIRNESS, FAIRNESS_MEASURES, read_card_record, stated, threshold
 from tasks.techniques.positive import run_positive_index
 
 MIN_GROUP_ROWS = 10
@@ -165,16 +162,14 @@ def assess_fairness(run_dir: str, files: dict[str, str], seed: int) -> dict:
               details=tuple(f"Fairness: by {r.attribute}, the true positive rate for '{r.class_name}' differs by "
                             f"{r.eop_difference:.3f} between groups." for r in high_eop.itertuples())),
     ]
-    card = json.loads(Path(files["card_record"]).read_text())
+    card = read_card_record(files["card_record"])
     measures = card.get("fairness_measures", list(DEFAULT_FAIRNESS))
     applies = {FAIRNESS_MEASURES[m] for m in measures}
     checks = [c for c in checks if c.id in applies]  # the measures the card says apply to this use
     written = {"fairness_groups": write_frame(layout.path(run_dir, "fairness_groups"), per_group),
                "fairness": write_frame(layout.path(run_dir, "fairness"), summary)}
-    favourable = next((f["value"] for f in card.get("fields", []) if f["key"] == "favourable_outcome"
-                       and not f["missing"]), None)
     return {"files": written, "checks": [c.to_json() for c in checks], "attributes": list(val.groups),
-            "favourable": favourable, "measures": measures,
+            "favourable": stated(card, "favourable_outcome"), "measures": measures,
             "too_small": too_small, "positive": val.class_names[positive] if positive is not None else None,
             "n_rows": len(val.labels), "min_group_rows": MIN_GROUP_ROWS}
 

@@ -25,9 +25,6 @@ File ``analysis/floors.parquet``: one row per class (rows, correct, recall, its 
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
@@ -37,7 +34,7 @@ from tasks.report.sections import ReportData, file_of
 from tasks.run import layout
 from tasks.run.checks import MODERATE, SECTION_PERFORMANCE, Check
 from tasks.run.formats import write_frame
-from tasks.steps.model_card import threshold
+from tasks.steps.model_card import read_card_record, threshold
 from tasks.techniques.population import ALPHA, evaluation_population, upper_bound
 
 DEGENERATE_SHARE = 0.95  # predicting one class for this share of rows (beyond its share of the labels) is degenerate
@@ -117,7 +114,8 @@ def check_floors(run_dir: str, files: dict[str, str], seed: int) -> dict:
                         "rows (standard deviation)", spread, FLAT_SPREAD, "at least", SECTION_PERFORMANCE,
                         f"Flat probabilities: the top probability varies by {spread:.2e} across rows; the model "
                         "hardly reacts to its input."))
-    checks.append(lineage_check(json.loads(Path(files["card_record"]).read_text()), supplied))
+    card = read_card_record(files["card_record"])
+    checks.append(lineage_check(card, supplied))
     at_init, n_layers = untrained_layers(model.file.parameters)
     if n_layers:
         checks.append(Check("model.untrained", "Performance floor", "share of normalisation layers at their initial "
@@ -127,8 +125,7 @@ def check_floors(run_dir: str, files: dict[str, str], seed: int) -> dict:
     return {"files": {"floors": write_frame(layout.path(run_dir, "floors"), table)},
             "checks": [c.to_json() for c in checks], "population": population, "floor": floor,
             "no_information": test, "untrained": {"at_init": at_init, "layers": n_layers},
-            "unjudged": unjudged["class_name"].tolist(), "lineage": lineage(json.loads(
-                Path(files["card_record"]).read_text()), supplied)}
+            "unjudged": unjudged["class_name"].tolist(), "lineage": lineage(card, supplied)}
 
 
 def lineage(card: dict, supplied: bool) -> str:

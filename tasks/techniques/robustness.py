@@ -15,9 +15,7 @@ for tables, ``analysis/robustness_missing.parquet`` (feature, accuracy, drop).
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -32,7 +30,7 @@ from tasks.run import layout
 from tasks.run.checks import MINOR, SECTION_PERFORMANCE, Check
 from tasks.run.formats import read_split, write_frame
 from tasks.run.progress import progress_bar
-from tasks.steps.model_card import threshold
+from tasks.steps.model_card import read_card_record, threshold
 
 MAX_ROWS = {"table": 5000, "image": 200}  # validation rows used (a seeded sample when there are more)
 
@@ -168,8 +166,8 @@ def measure_robustness(run_dir: str, files: dict[str, str], seed: int) -> dict:
     breaks = {name: breaking_strength(curve, drop) for name, curve in curves.groupby("perturbation", sort=False)}
     early = {name: s for name, s in breaks.items() if s is not None and s < needed}
     weakest = min((s for s in breaks.values() if s is not None), default=1.0)
-    card = json.loads(Path(files["card_record"]).read_text())
-    stated = any(key.startswith("robustness.") for key in card.get("thresholds_stated", []))
+    stated = any(key.startswith("robustness.") for key in read_card_record(files["card_record"])
+                 .get("thresholds_stated", []))
     check = Check("robustness.min_strength", "Robustness", f"relative strength that costs {drop:.0%} accuracy",
                   weakest, needed, "at least", SECTION_PERFORMANCE,
                   f"{len(early)} perturbation(s) break the model below relative strength {needed}"
