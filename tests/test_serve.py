@@ -78,13 +78,15 @@ def test_hard_links_and_directories_that_are_not_runs_are_neither_served_nor_lis
     (reports / "notes" / "private.txt").write_text("a file outside any run")
     (reports / "monthly" / "2026-11-run").mkdir(parents=True)  # a folder that leads to a run is listed
     (reports / "monthly" / "2026-11-run" / "run.json").write_text("{}")
+    (run / "50%.txt").write_text("a name a URL would decode")
     server, url = serving(reports)
     try:
         for path in ("/digits-2026-12-01%20%3Cb%3E%26/linked.txt", "/passwd", "/notes/", "/notes/private.txt"):
             assert httpx.get(url + path).status_code == 404, path
         index = httpx.get(f"{url}/").text
         assert "notes" not in index and "passwd" not in index and "monthly/" in index
-        assert "linked.txt" not in httpx.get(f"{url}/digits-2026-12-01%20%3Cb%3E%26/").text
+        run_listing = httpx.get(f"{url}/digits-2026-12-01%20%3Cb%3E%26/").text
+        assert "linked.txt" not in run_listing and "50%.txt" in run_listing
         assert "2026-11-run/" in httpx.get(f"{url}/monthly/").text
     finally:
         server.shutdown()

@@ -166,7 +166,7 @@ def served_name(name: str) -> bool:
 def listing(root: Path, directory: Path) -> str:
     """An HTML index of a served directory: the entries `resolve_served` would serve, names escaped."""
     entries = sorted(entry for entry in directory.iterdir()
-                     if resolve_served(root, "/" + entry.relative_to(root).as_posix()) is not None)
+                     if resolve_served(root, "/" + quote(entry.relative_to(root).as_posix())) is not None)
     title = html.escape("/" if directory == root else f"/{directory.relative_to(root).as_posix()}/")
     rows = "".join(f'<li><a href="{quote(e.name)}{"/" if e.is_dir() else ""}">{html.escape(e.name)}'
                    f'{"/" if e.is_dir() else ""}</a></li>' for e in entries)
