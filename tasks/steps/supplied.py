@@ -25,6 +25,7 @@ from tasks.data.dataset import Dataset
 from tasks.data.images import MAX_SOURCE_PIXELS, resize_images
 from tasks.deepshap.engine import model_engine
 from tasks.deepshap.graph import UnsupportedModelError
+from tasks.model.formats import detect_format
 from tasks.model.run_model import RunModel, detect_outputs, write_record
 from tasks.model.supplied import ModelFile, check_conversion, open_model
 from tasks.run import layout
@@ -145,9 +146,10 @@ def supplied_model(model_path: str, train_path: str, validation_path: str, run_d
     from here on, and it must hold the bytes the load step checked (`checked_sha256`): a file swapped in between
     is refused, not used unchecked."""
     run_dir, source = Path(run_dir), Path(model_path)
-    model = open_model(source)
-    copy = layout.path(run_dir, MODEL_FILES[model.format])
-    external = model.meta.get("external_data", [])  # ONNX weights in files beside the model
+    fmt = detect_format(source)
+    model = open_model(source, fmt) if fmt == "onnx" else None  # only ONNX may keep weights in files beside it
+    external = model.meta.get("external_data", []) if model else []
+    copy = layout.path(run_dir, MODEL_FILES[fmt])
     with atomic_path(copy) as tmp:
         if external:  # the run keeps the whole model in its one file: the weights are what the report describes
             write_self_contained_onnx(model, tmp)
@@ -157,7 +159,8 @@ def supplied_model(model_path: str, train_path: str, validation_path: str, run_d
         if checked_sha256 is not None and used != checked_sha256:
             raise InputError(f"--model {source} changed after it was checked (SHA-256 {checked_sha256[:12]}... "
                              f"then {used[:12]}...): the run does not use a model it has not checked")
-    model = open_model(copy, model.format) if not external else model  # the checked copy, not the user's file
+    if not external:  # opened once, from the checked copy, not from the user's file
+        model = open_model(copy, fmt)
     train, val = read_split(train_path), read_split(validation_path)
     record = {"source": "supplied", "format": model.format, "file": layout.FILES[MODEL_FILES[model.format]],
               "original_path": str(source), "sha256": sha256_file(copy), "size_bytes": copy.stat().st_size,
