@@ -101,7 +101,7 @@ def measure_agreement(run_dir: str, files: dict[str, str], seed: int) -> dict:
     global_importance = permutation[permutation["kind"] == kind].set_index("name").loc[groups.names, "importance_mean"]
     table = agreement_table(attributions, global_importance.to_numpy(), source_ids)
     summary = table.groupby(["method_a", "method_b"], sort=False)["spearman"].mean().reset_index()
-    n_flagged, n_rows = len(flagged_rows(table)), int(table["position"].nunique())
+    n_flagged = len(flagged_rows(table))
     n_undefined = int((~np.isfinite(table["spearman"])).sum())
     judged = int(table.groupby("position")["spearman"].median().notna().sum())
     check = Check("method-agreement.disagreement", "Method agreement", f"rows whose median pairwise Spearman is "
