@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tasks.data.specs import parse_dataset_spec
 from tasks.run import layout
-from tasks.run.errors import InputError, require_utf8
+from tasks.run.errors import InputError, require_utf8, user_path
 
 SHAP_ENGINES = ("fast", "shap")  # tasks/deepshap/engine.py, or shap.DeepExplainer itself
 OUTPUT_KINDS = ("logits", "probabilities")
@@ -65,11 +65,8 @@ class RunConfig:
             raise InputError(f"--outputs must be one of {', '.join(OUTPUT_KINDS)}, got {self.outputs!r}")
         for name in ("out", "model", "model_card", "compare", "resume", "metadata", "challenger"):
             value = getattr(self, name)
-            if value is not None:
-                try:
-                    object.__setattr__(self, name, Path(value).expanduser())
-                except RuntimeError:  # "~someone/..." for a user this system does not know
-                    raise InputError(f"--{name.replace('_', '-')} {value}: no such user's home directory") from None
+            if value is not None:  # "~someone/..." for a user this system does not know: one line
+                object.__setattr__(self, name, user_path(value, f"--{name.replace('_', '-')}", resolve=False))
         protected = self.protected.split(",") if isinstance(self.protected, str) else list(self.protected or ())
         protected = tuple(str(name).strip() for name in protected)
         if any(not name for name in protected) or len(set(protected)) != len(protected):
